@@ -1,0 +1,319 @@
+"""Every environment variable the sidecar and the webhook read: name, type, default, doc.
+
+Nothing else in the package reads the environment for configuration. Values are parsed
+and validated once at start-up; a bad value raises `ConfigError` with one message that
+names the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message says which and how to fix it."""
+
+
+def _env(name: str, default: str, doc: str, parse: Callable[[str], Any] = str) -> Any:
+    return field(default=None, metadata={"env": name, "default": default, "doc": doc, "parse": parse})
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a TCP port 0-65535 (0 disables)")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _capture_size(raw: str) -> int:
+    value = int(raw)
+    if not 64 <= value <= 1024:
+        raise ValueError("expected 64..1024 bytes (the probes' compiled-in maximum)")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}")
+        return value
+
+    return parse
+
+
+def _pid_namespace(raw: str) -> str | int:
+    value = raw.strip().lower()
+    if value in ("self", "host"):
+        return value
+    if re.fullmatch(r"\d+", value) and int(value) > 0:
+        return int(value)
+    raise ValueError("expected 'self', 'host' or a PID-namespace inode number (see `stat -L -c %i /proc/<pid>/ns/pid`)")
+
+
+def _duration_ms(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("expected a positive number of milliseconds")
+    return value / 1000.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Configuration of `beyla-sidecar run`."""
+
+    pid_namespace: str | int = _env(
+        "BEYLA_PID_NAMESPACE", "self",
+        "Which processes to instrument: `self` (the sidecar's own PID namespace, i.e. its pod), "
+        "`host` (the initial namespace, for local use) or a namespace inode number.",
+        _pid_namespace)
+    capture_size: int = _env(
+        "BEYLA_CAPTURE_SIZE", "512",
+        "Bytes of each socket read/write copied from the kernel for parsing (64-1024). "
+        "Byte counts are always exact; only headers must fit.", _capture_size)
+    attach_strategy: str = _env(
+        "BEYLA_ATTACH", "auto",
+        "Kernel hooks: `auto` picks the best the kernel offers, `tracepoint` forces "
+        "tracepoints and tp_btf (work everywhere with BTF).", _choice("auto", "tracepoint"))
+    ringbuf_size: int = _env(
+        "BEYLA_RINGBUF_SIZE", "8388608",
+        "Ring buffer size in bytes (a power of two, multiple of the page size).", _positive_int)
+    poll_interval: float = _env(
+        "BEYLA_POLL_INTERVAL_MS", "10",
+        "How often the ring buffer is drained; probes submit without wake-ups.", _duration_ms)
+    trace_printer: str = _env(
+        "BEYLA_TRACE_PRINTER", "",
+        "Print spans to stdout: `text` (one line each), `json` (one object per line) or "
+        "`disabled`. Default: `text` when no OTLP endpoint is set, else disabled.",
+        _choice("", "text", "json", "disabled"))
+    service_name: str = _env(
+        "BEYLA_SERVICE_NAME", "",
+        "service.name for processes whose own environment has no OTEL_SERVICE_NAME "
+        "(default: the executable name).")
+    otel_service_name: str = _env(
+        "OTEL_SERVICE_NAME", "", "Standard OTel variable; used after BEYLA_SERVICE_NAME.")
+    service_namespace: str = _env("BEYLA_SERVICE_NAMESPACE", "", "service.namespace resource attribute.")
+    service_version: str = _env("BEYLA_SERVICE_VERSION", "", "service.version resource attribute.")
+    include_query: bool = _env(
+        "BEYLA_INCLUDE_QUERY", "false",
+        "Export `url.query` on spans. Off by default: query strings often carry secrets.", _bool)
+    log_level: str = _env(
+        "BEYLA_LOG_LEVEL", "info", "Log level: debug, info, warning, error.",
+        _choice("debug", "info", "warning", "error"))
+    otlp_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "",
+        "OTLP/gRPC collector, e.g. `http://otel-collector:4317`; enables OTLP export.")
+    otlp_traces_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "",
+        "OTLP/gRPC endpoint for traces only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).")
+    otlp_protocol: str = _env(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc",
+        "OTLP transport; only `grpc` is supported.", _choice("grpc"))
+    resource_attributes: str = _env(
+        "OTEL_RESOURCE_ATTRIBUTES", "",
+        "Extra resource attributes `k=v,k2=v2`, merged into every span's resource.")
+    # Kubernetes downward API (set by the webhook; by hand see examples/pod-manual.yaml).
+    k8s_pod_name: str = _env("BEYLA_K8S_POD_NAME", "", "k8s.pod.name (fieldRef metadata.name).")
+    k8s_namespace: str = _env("BEYLA_K8S_NAMESPACE", "", "k8s.namespace.name (fieldRef metadata.namespace).")
+    k8s_pod_uid: str = _env("BEYLA_K8S_POD_UID", "", "k8s.pod.uid (fieldRef metadata.uid).")
+    k8s_node_name: str = _env("BEYLA_K8S_NODE_NAME", "", "k8s.node.name (fieldRef spec.nodeName).")
+    k8s_pod_ip: str = _env("BEYLA_K8S_POD_IP", "", "k8s.pod.ip (fieldRef status.podIP).")
+    k8s_service_account: str = _env(
+        "BEYLA_K8S_SERVICE_ACCOUNT", "", "k8s.pod.service_account.name (fieldRef spec.serviceAccountName).")
+    k8s_container_names: str = _env(
+        "BEYLA_K8S_CONTAINER_NAMES", "",
+        "Comma-separated names of the pod's application containers; k8s.container.name when there is one.")
+    k8s_deployment_name: str = _env("BEYLA_K8S_DEPLOYMENT_NAME", "", "k8s.deployment.name.")
+    k8s_replicaset_name: str = _env("BEYLA_K8S_REPLICASET_NAME", "", "k8s.replicaset.name.")
+    k8s_statefulset_name: str = _env("BEYLA_K8S_STATEFULSET_NAME", "", "k8s.statefulset.name.")
+    k8s_daemonset_name: str = _env("BEYLA_K8S_DAEMONSET_NAME", "", "k8s.daemonset.name.")
+    k8s_job_name: str = _env("BEYLA_K8S_JOB_NAME", "", "k8s.job.name.")
+    k8s_cronjob_name: str = _env("BEYLA_K8S_CRONJOB_NAME", "", "k8s.cronjob.name.")
+
+    @property
+    def traces_endpoint(self) -> str:
+        return self.otlp_traces_endpoint or self.otlp_endpoint
+
+    @property
+    def printer(self) -> str:
+        """The effective span printer: `text`, `json` or `disabled`."""
+        if self.trace_printer:
+            return self.trace_printer
+        return "disabled" if self.traces_endpoint else "text"
+
+
+def load(cls: type, env: Mapping[str, str] | None = None) -> Any:
+    """Build `cls` (Config or another dataclass of `_env` fields) from the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        meta = f.metadata
+        raw = env.get(meta["env"], meta["default"])
+        try:
+            values[f.name] = meta["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{meta['env']}={raw!r} is invalid: {exc}. {meta['doc']}") from None
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, doc) rows for the README's configuration table."""
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(cls)]
+
+
+# --- `beyla-sidecar webhook` (owned by the kube/ webhook; appended, see beyla_sidecar/kube/webhook.py) ---
+
+_QUANTITY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
+
+
+def _quantity(raw: str) -> str:
+    """A Kubernetes resource quantity (`100m`, `64Mi`, `0.5`) or empty for none."""
+    value = raw.strip()
+    if value and not _QUANTITY.fullmatch(value):
+        raise ValueError("expected a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi, or empty for none")
+    return value
+
+
+def _capabilities(raw: str) -> tuple[str, ...]:
+    """Comma-separated Linux capabilities, `CAP_` prefix optional, e.g. `BPF,PERFMON`."""
+    caps: list[str] = []
+    for item in raw.split(","):
+        cap = item.strip().upper().removeprefix("CAP_")
+        if not cap:
+            continue
+        if not re.fullmatch(r"[A-Z_]+", cap) or cap == "ALL":
+            raise ValueError(f"{item.strip()!r} is not a capability name (ALL is refused: least privilege)")
+        if cap not in caps:
+            caps.append(cap)
+    return tuple(caps)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def _pull_policy(raw: str) -> str:
+    value = raw.strip()
+    for allowed in ("Always", "IfNotPresent", "Never"):
+        if value.lower() == allowed.lower():
+            return allowed
+    raise ValueError("expected Always, IfNotPresent or Never")
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https://[^/\s]+", value):
+        raise ValueError("expected an https:// URL without a path, e.g. https://kubernetes.default.svc")
+    return value
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Configuration of `beyla-sidecar webhook` (the mutating admission webhook)."""
+
+    port: int = _env("BEYLA_WEBHOOK_PORT", "8443", "HTTPS port of the webhook (/mutate, /metrics, /healthz).", _port)
+    address: str = _env("BEYLA_WEBHOOK_ADDRESS", "0.0.0.0", "Address the webhook listens on.")
+    cert_file: str = _env(
+        "BEYLA_WEBHOOK_CERT", "",
+        "PEM certificate (chain) of the webhook, e.g. from cert-manager; reloaded when the file changes. "
+        "Empty (with BEYLA_WEBHOOK_KEY empty): a CA and certificate are generated at start-up.")
+    key_file: str = _env("BEYLA_WEBHOOK_KEY", "", "PEM private key for BEYLA_WEBHOOK_CERT.")
+    service_name: str = _env(
+        "BEYLA_WEBHOOK_SERVICE_NAME", "beyla-sidecar-webhook",
+        "Kubernetes Service of the webhook: DNS names of the generated certificate.")
+    service_namespace: str = _env(
+        "BEYLA_WEBHOOK_SERVICE_NAMESPACE", "beyla-sidecar",
+        "Namespace of that Service: DNS names of the generated certificate.")
+    configuration_name: str = _env(
+        "BEYLA_WEBHOOK_CONFIGURATION_NAME", "",
+        "MutatingWebhookConfiguration whose caBundle the webhook sets to its generated CA (through the "
+        "Kubernetes API, in-cluster service-account token). Empty: do not publish.")
+    kube_api: str = _env(
+        "BEYLA_WEBHOOK_KUBE_API", "https://kubernetes.default.svc",
+        "Kubernetes API server used to publish the caBundle.", _url)
+    sidecar_image: str = _env("BEYLA_WEBHOOK_SIDECAR_IMAGE", "beyla-sidecar:0.1.0", "Image of the injected sidecar.")
+    sidecar_image_pull_policy: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_IMAGE_PULL_POLICY", "IfNotPresent",
+        "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never.", _pull_policy)
+    native_sidecar: bool = _env(
+        "BEYLA_WEBHOOK_NATIVE_SIDECAR", "true",
+        "Inject a native sidecar (init container with restartPolicy Always, Kubernetes 1.29+: starts "
+        "before the app, does not keep Jobs alive). false: a regular container, for older clusters "
+        "(pods of Jobs are then left alone).", _bool)
+    sidecar_capabilities: tuple[str, ...] = _env(
+        "BEYLA_WEBHOOK_SIDECAR_CAPABILITIES", "BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH,CHECKPOINT_RESTORE",
+        "Capabilities added to the sidecar (all others dropped). Add SYS_ADMIN on nodes with "
+        "kernel.perf_event_paranoid > 2; NET_ADMIN only for TC features (none yet).", _capabilities)
+    sidecar_cpu_request: str = _env("BEYLA_WEBHOOK_SIDECAR_CPU_REQUEST", "50m", "CPU request of the sidecar (empty: none).", _quantity)
+    sidecar_memory_request: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_MEMORY_REQUEST", "64Mi", "Memory request of the sidecar (empty: none).", _quantity)
+    sidecar_cpu_limit: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_CPU_LIMIT", "500m",
+        "CPU limit of the sidecar (empty: none); caps the overhead on the node.", _quantity)
+    sidecar_memory_limit: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_MEMORY_LIMIT", "256Mi", "Memory limit of the sidecar (empty: none).", _quantity)
+    tracefs_host_path: str = _env(
+        "BEYLA_WEBHOOK_TRACEFS_HOST_PATH", "/sys/kernel/tracing",
+        "Node path of tracefs, mounted read-only at /sys/kernel/tracing in the sidecar "
+        "(/sys/kernel/debug/tracing on old nodes without a separate tracefs mount).")
+    sidecar_log_level: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_LOG_LEVEL", "", "BEYLA_LOG_LEVEL given to sidecars (empty: their default).",
+        _choice("", "debug", "info", "warning", "error"))
+    sidecar_trace_printer: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_TRACE_PRINTER", "", "BEYLA_TRACE_PRINTER given to sidecars (empty: their default).",
+        _choice("", "text", "json", "disabled"))
+    exclude_namespaces: tuple[str, ...] = _env(
+        "BEYLA_WEBHOOK_EXCLUDE_NAMESPACES", "kube-system",
+        "Namespaces never injected, whatever the selectors say (comma-separated).", _names)
+    max_body_bytes: int = _env(
+        "BEYLA_WEBHOOK_MAX_BODY_BYTES", "3145728",
+        "Largest AdmissionReview accepted (bigger: 413). Kubernetes objects are at most ~1.5 MiB.", _positive_int)
+    request_timeout: float = _env(
+        "BEYLA_WEBHOOK_REQUEST_TIMEOUT_MS", "10000",
+        "Time a client has for the TLS handshake, request and response of one connection.", _duration_ms)
+    max_connections: int = _env(
+        "BEYLA_WEBHOOK_MAX_CONNECTIONS", "128",
+        "Concurrent connections served; more are closed at once.", _positive_int)
+    # Passed through unchanged to every injected sidecar when set (the webhook itself exports nothing).
+    otlp_endpoint: str = _env("OTEL_EXPORTER_OTLP_ENDPOINT", "", "Given to sidecars: OTLP collector endpoint.")
+    otlp_traces_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Given to sidecars: OTLP endpoint for traces.")
+    otlp_metrics_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "", "Given to sidecars: OTLP endpoint for metrics.")
+    otlp_protocol: str = _env("OTEL_EXPORTER_OTLP_PROTOCOL", "", "Given to sidecars: OTLP protocol.")
+    otlp_headers: str = _env(
+        "OTEL_EXPORTER_OTLP_HEADERS", "",
+        "Given to sidecars: OTLP headers. Visible in every pod spec: do not put secrets here.")
+    traces_sampler: str = _env("OTEL_TRACES_SAMPLER", "", "Given to sidecars: trace sampler.")
+    traces_sampler_arg: str = _env("OTEL_TRACES_SAMPLER_ARG", "", "Given to sidecars: trace sampler argument.")
+    metric_export_interval: str = _env(
+        "OTEL_METRIC_EXPORT_INTERVAL", "", "Given to sidecars: metric export interval in milliseconds.")
+
+    def passthrough_env(self) -> list[tuple[str, str]]:
+        """(name, value) of the OTEL_* settings to copy into every sidecar, in a fixed order."""
+        out = []
+        for f in fields(self):
+            name = f.metadata["env"]
+            if name.startswith("OTEL_") and getattr(self, f.name):
+                out.append((name, getattr(self, f.name)))
+        return out

@@ -1,0 +1,38 @@
+import pytest
+
+from beyla_sidecar.config import Config, ConfigError, describe, load
+
+
+def test_defaults() -> None:
+    cfg = load(Config, {})
+    assert cfg.pid_namespace == "self" and cfg.capture_size == 512
+    assert cfg.printer == "text" and cfg.traces_endpoint == "" and cfg.include_query is False
+
+
+def test_otlp_endpoint_disables_default_printer_and_traces_variant_wins() -> None:
+    cfg = load(Config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317",
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://b:4317"})
+    assert cfg.printer == "disabled" and cfg.traces_endpoint == "http://b:4317"
+    assert load(Config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317",
+                         "BEYLA_TRACE_PRINTER": "json"}).printer == "json"
+
+
+@pytest.mark.parametrize("name,value", [
+    ("BEYLA_CAPTURE_SIZE", "32"), ("BEYLA_CAPTURE_SIZE", "abc"), ("BEYLA_PID_NAMESPACE", "pod"),
+    ("BEYLA_TRACE_PRINTER", "xml"), ("BEYLA_INCLUDE_QUERY", "maybe"), ("BEYLA_POLL_INTERVAL_MS", "0"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+])
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}="):
+        load(Config, {name: value})
+
+
+def test_pid_namespace_forms() -> None:
+    assert load(Config, {"BEYLA_PID_NAMESPACE": "HOST"}).pid_namespace == "host"
+    assert load(Config, {"BEYLA_PID_NAMESPACE": "4026531836"}).pid_namespace == 4026531836
+
+
+def test_every_variable_is_documented() -> None:
+    rows = describe(Config)
+    assert len({name for name, _, _ in rows}) == len(rows)
+    assert all(doc.strip() for _, _, doc in rows)
