@@ -1,0 +1,84 @@
+"""Decoding of the records the probes put on the ring buffer (layout: probes/beyla.h)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+HEADER = struct.Struct("<QQIIIIIHBBB7x16s16sHHH2x16s")
+HEADER_SIZE = HEADER.size  # 104, pinned by tests against beyla.h
+MAX_CAPTURE = 1024
+
+
+class EventType(IntEnum):
+    DATA = 1
+    CONN_OPEN = 2
+    CONN_CLOSE = 3
+
+
+class Direction(IntEnum):
+    SEND = 0
+    RECV = 1
+
+
+class Role(IntEnum):
+    UNKNOWN = 0
+    SERVER = 1
+    CLIENT = 2
+
+
+class ConnTuple(NamedTuple):
+    """Local and remote endpoint of a TCP connection, addresses as text."""
+
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+
+
+class Event(NamedTuple):
+    """One ring-buffer record. `payload` is empty for CONN_OPEN/CONN_CLOSE."""
+
+    type: EventType
+    ts_ns: int
+    sock_id: int
+    pid: int
+    tid: int
+    ns_pid: int
+    ns_tid: int
+    bytes: int
+    direction: Direction
+    role: Role
+    tuple: ConnTuple
+    comm: str  # task name (16 bytes max), for processes gone before /proc could be read
+    payload: bytes
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == socket.AF_INET6:
+        if raw[:12] == b"\0" * 10 + b"\xff\xff":
+            return socket.inet_ntop(socket.AF_INET, raw[12:16])
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return ""
+
+
+def decode(record: bytes | memoryview) -> Event | None:
+    """Decode one record; None when it is too short or of an unknown type."""
+    if len(record) < HEADER_SIZE:
+        return None
+    (ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes, cap, etype, direction, role,
+     saddr, daddr, sport, dport, family, comm) = HEADER.unpack_from(record)
+    if etype not in (1, 2, 3) or direction > 1 or role > 2:
+        return None
+    end = HEADER_SIZE + min(cap, len(record) - HEADER_SIZE)
+    return Event(
+        EventType(etype), ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes,
+        Direction(direction), Role(role),
+        ConnTuple(_addr(family, saddr), sport, _addr(family, daddr), dport),
+        comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        bytes(record[HEADER_SIZE:end]),
+    )

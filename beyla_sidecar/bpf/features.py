@@ -1,0 +1,150 @@
+"""What the running kernel offers to the probes: for `beyla-sidecar check` and for choosing
+the attach strategy at start-up. Every probe here is cheap (file checks, BTF lookups, one
+map-type probe, one empty fentry program attached for an instant)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import libbpf
+from .strategy import STRATEGIES, Strategy
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+# libbpf looks in debugfs first, then tracefs (tracefs_path() in libbpf.c).
+TRACEFS_CANDIDATES = (Path("/sys/kernel/debug/tracing"), Path("/sys/kernel/tracing"))
+PMU_DIR = Path("/sys/bus/event_source/devices")
+# A stable, rarely hot kernel function to try an fentry attach on.
+FENTRY_TEST_FUNC = "tcp_close"
+
+FIX_BTF = ("kernel BTF not found at /sys/kernel/btf/vmlinux: the CO-RE probes need a kernel "
+           "built with CONFIG_DEBUG_INFO_BTF=y (default on current distribution kernels)")
+FIX_TRACEFS = ("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing "
+               "(in a pod: hostPath volume /sys/kernel/tracing)")
+FIX_PRIVILEGE = ("the bpf() syscall is not permitted: run as root or grant capabilities "
+                 "BPF and PERFMON (securityContext.capabilities.add)")
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    kernel_release: str
+    btf: bool                      # /sys/kernel/btf/vmlinux readable
+    tracefs: str | None            # directory libbpf resolves tracepoints in, if mounted
+    syscall_tracepoints: bool      # tracefs has events/syscalls (CONFIG_FTRACE_SYSCALLS)
+    missing_btf_tracepoints: tuple[str, ...]  # tp_btf targets our strategies need but BTF lacks
+    kprobes: bool                  # perf "kprobe" PMU or tracefs kprobe_events exists
+    uprobes: bool                  # perf "uprobe" PMU or tracefs uprobe_events exists
+    bpf_allowed: bool              # bpf() usable by this process (privileges)
+    ringbuf: bool                  # BPF_MAP_TYPE_RINGBUF creatable
+    fentry: bool                   # an empty fentry program loaded and attached
+    fentry_error: str | None       # why not, when it could not
+    strategy: str | None           # what `run` would use
+    problems: tuple[str, ...]      # one fix per blocking problem, for the user
+
+    @property
+    def ok(self) -> bool:
+        """`run` can start: some strategy works."""
+        return self.strategy is not None
+
+    def render(self) -> str:
+        """Human-readable report for `beyla-sidecar check`."""
+        yes = {True: "yes", False: "no"}
+        rows = [
+            ("kernel", self.kernel_release),
+            ("BTF", yes[self.btf]),
+            ("bpf() allowed", yes[self.bpf_allowed]),
+            ("ring buffer", yes[self.ringbuf]),
+            ("tracefs", self.tracefs or "not mounted"),
+            ("syscall tracepoints", yes[self.syscall_tracepoints]),
+            ("BTF tracepoints", "missing " + ", ".join(self.missing_btf_tracepoints)
+             if self.missing_btf_tracepoints else "all present"),
+            ("kprobes", yes[self.kprobes]),
+            ("fentry", f"no ({self.fentry_error})" if self.fentry_error else yes[self.fentry]),
+            ("uprobes", yes[self.uprobes]),
+            ("attach strategy", self.strategy or "none"),
+        ]
+        lines = [f"{name:<20} {value}" for name, value in rows]
+        lines += [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def tracefs_dir() -> Path | None:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(path / "events"):  # os.path: False, not an error, when unreadable
+            return path
+    return None
+
+
+def _dynamic_probe(kind: str, tracefs: Path | None) -> bool:
+    """kprobe/uprobe support: the perf PMU libbpf attaches through (no tracefs needed),
+    or the legacy tracefs control file."""
+    return os.path.exists(PMU_DIR / kind / "type") or bool(
+        tracefs and os.path.exists(tracefs / f"{kind}_events"))
+
+
+def _btf_scan(btf_ok: bool) -> tuple[tuple[str, ...], int | None]:
+    """Missing tp_btf targets of any strategy, and the BTF id of FENTRY_TEST_FUNC."""
+    wanted = sorted({tp for s in STRATEGIES for tp in s.btf_tracepoints})
+    if not btf_ok:
+        return tuple(wanted), None
+    with libbpf.VmlinuxBtf() as btf:
+        missing = tuple(tp for tp in wanted if btf.find(f"btf_trace_{tp}", libbpf.BTF_KIND_TYPEDEF) is None)
+        return missing, btf.find(FENTRY_TEST_FUNC, libbpf.BTF_KIND_FUNC)
+
+
+def _fentry(btf_id: int | None, bpf_allowed: bool) -> tuple[bool, str | None]:
+    if btf_id is None:
+        return False, f"{FENTRY_TEST_FUNC} not in kernel BTF"
+    if not bpf_allowed:
+        return False, "bpf() not permitted"
+    err = libbpf.fentry_attach_errno(btf_id)
+    return (True, None) if err == 0 else (False, f"{errno.errorcode.get(err, err)}: {os.strerror(err)}")
+
+
+def usable(strategy: Strategy, f: KernelFeatures) -> bool:
+    return (f.btf and f.bpf_allowed and f.ringbuf
+            and not set(strategy.btf_tracepoints) & set(f.missing_btf_tracepoints)
+            and (not strategy.needs_tracefs or (f.tracefs is not None and f.syscall_tracepoints))
+            and (not strategy.needs_kprobes or f.kprobes)
+            and (not strategy.needs_fentry or f.fentry))
+
+
+def _problems(f: KernelFeatures) -> tuple[str, ...]:
+    out = []
+    if not f.btf:
+        out.append(FIX_BTF)
+    if not f.bpf_allowed:
+        # Without privileges tracefs is unreadable too: its findings would mislead.
+        out.append(FIX_PRIVILEGE)
+        return tuple(out)
+    if not f.ringbuf:
+        out.append("BPF ring buffer maps unsupported: Linux 5.8 or newer needed")
+    if f.tracefs is None:
+        out.append(FIX_TRACEFS)
+    elif not f.syscall_tracepoints:
+        out.append("no syscall tracepoints: kernel built without CONFIG_FTRACE_SYSCALLS")
+    if f.missing_btf_tracepoints:
+        out.append("kernel lacks tracepoints " + ", ".join(f.missing_btf_tracepoints)
+                   + ": the tracepoint strategy needs Linux 6.4 or newer")
+    return tuple(out)
+
+
+def probe_features() -> KernelFeatures:
+    """Probe the running kernel (needs the same privileges as `run` for a full answer)."""
+    btf_ok = os.access(BTF_PATH, os.R_OK)
+    tracefs = tracefs_dir()
+    bpf_allowed = libbpf.bpf_syscall_errno() == 0
+    missing, fentry_id = _btf_scan(btf_ok)
+    fentry_ok, fentry_error = _fentry(fentry_id, bpf_allowed)
+    features = KernelFeatures(
+        kernel_release=os.uname().release, btf=btf_ok, tracefs=str(tracefs) if tracefs else None,
+        syscall_tracepoints=bool(tracefs and os.path.isdir(tracefs / "events" / "syscalls")),
+        missing_btf_tracepoints=missing, kprobes=_dynamic_probe("kprobe", tracefs),
+        uprobes=_dynamic_probe("uprobe", tracefs), bpf_allowed=bpf_allowed,
+        ringbuf=bpf_allowed and libbpf.map_type_supported(libbpf.BPF_MAP_TYPE_RINGBUF), fentry=fentry_ok, fentry_error=fentry_error,
+        strategy=None, problems=(),
+    )
+    chosen = next((s.name for s in STRATEGIES if usable(s, features)), None)
+    return replace(features, strategy=chosen, problems=_problems(features))

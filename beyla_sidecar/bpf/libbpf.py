@@ -1,0 +1,493 @@
+"""Thin ctypes binding over libbpf.so.1 (stable C API, libbpf >= 1.0 error conventions).
+
+Only what the sidecar needs: open an object, size maps and set `.rodata` before load,
+choose programs, load (the verifier log is kept for the error), attach, maps, ring buffer.
+libbpf 1.x reports errors as negative errno from int functions and NULL + errno from
+pointer functions; both become `BpfError` here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint,
+                    c_uint8, c_uint32, c_uint64, c_void_p)
+from functools import cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 40
+BTF_KIND_FUNC = 12
+BTF_KIND_TYPEDEF = 8
+BTF_KIND_DATASEC = 15
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY = 24
+_LIBBPF_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+class BpfError(Exception):
+    """A libbpf call failed. `errno` is the error number; `log` the libbpf/verifier output."""
+
+    def __init__(self, what: str, err: int, log_text: str = "") -> None:
+        self.errno = err
+        self.log = log_text
+        text = f"{what}: {os.strerror(err)} ({errno_mod.errorcode.get(err, err)})"
+        super().__init__(f"{text}\n{log_text}" if log_text else text)
+
+
+_PrintFn = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_SampleFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+
+
+class _UprobeOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("ref_ctr_offset", c_size_t), ("bpf_cookie", c_uint64),
+                ("retprobe", c_bool), ("func_name", c_char_p)]
+
+
+class _ProgLoadOpts(Structure):
+    """Leading fields of struct bpf_prog_load_opts; `sz` tells libbpf where we stop."""
+
+    _fields_ = [("sz", c_size_t), ("attempts", c_int), ("expected_attach_type", c_uint),
+                ("prog_btf_fd", c_uint32), ("prog_flags", c_uint32), ("prog_ifindex", c_uint32),
+                ("kern_version", c_uint32), ("attach_btf_id", c_uint32),
+                ("attach_prog_fd", c_uint32), ("attach_btf_obj_fd", c_uint32)]
+
+
+class _BtfType(Structure):
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
+
+
+class _BtfVarSecinfo(Structure):
+    _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
+
+
+_P = c_void_p
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "libbpf_set_print": (_P, [_PrintFn]),
+    "libbpf_num_possible_cpus": (c_int, []),
+    "libbpf_probe_bpf_map_type": (c_int, [c_uint, _P]),
+    "bpf_map_create": (c_int, [c_uint, c_char_p, c_uint32, c_uint32, c_uint32, _P]),
+    "bpf_object__open_file": (_P, [c_char_p, _P]),
+    "bpf_object__load": (c_int, [_P]),
+    "bpf_object__close": (None, [_P]),
+    "bpf_object__btf": (_P, [_P]),
+    "bpf_object__next_program": (_P, [_P, _P]),
+    "bpf_object__next_map": (_P, [_P, _P]),
+    "bpf_object__find_map_by_name": (_P, [_P, c_char_p]),
+    "bpf_program__name": (c_char_p, [_P]),
+    "bpf_program__section_name": (c_char_p, [_P]),
+    "bpf_program__set_autoload": (c_int, [_P, c_bool]),
+    "bpf_program__autoload": (c_bool, [_P]),
+    "bpf_program__attach": (_P, [_P]),
+    "bpf_program__attach_uprobe_opts": (_P, [_P, c_int, c_char_p, c_size_t, POINTER(_UprobeOpts)]),
+    "bpf_link__destroy": (c_int, [_P]),
+    "bpf_map__name": (c_char_p, [_P]),
+    "bpf_map__fd": (c_int, [_P]),
+    "bpf_map__key_size": (c_uint32, [_P]),
+    "bpf_map__value_size": (c_uint32, [_P]),
+    "bpf_map__max_entries": (c_uint32, [_P]),
+    "bpf_map__set_max_entries": (c_int, [_P, c_uint32]),
+    "bpf_map__initial_value": (_P, [_P, POINTER(c_size_t)]),
+    "bpf_map__set_initial_value": (c_int, [_P, c_char_p, c_size_t]),
+    "bpf_map_update_elem": (c_int, [c_int, c_char_p, c_char_p, c_uint64]),
+    "bpf_map_lookup_elem": (c_int, [c_int, c_char_p, c_char_p]),
+    "bpf_map_delete_elem": (c_int, [c_int, c_char_p]),
+    "bpf_prog_load": (c_int, [c_uint, c_char_p, c_char_p, c_char_p, c_size_t, POINTER(_ProgLoadOpts)]),
+    "bpf_link_create": (c_int, [c_int, c_int, c_uint, _P]),
+    "btf__load_vmlinux_btf": (_P, []),
+    "btf__free": (None, [_P]),
+    "btf__find_by_name_kind": (c_int, [_P, c_char_p, c_uint32]),
+    "btf__type_by_id": (POINTER(_BtfType), [_P, c_uint32]),
+    "btf__name_by_offset": (c_char_p, [_P, c_uint32]),
+    "ring_buffer__new": (_P, [c_int, _SampleFn, _P, _P]),
+    "ring_buffer__poll": (c_int, [_P, c_int]),
+    "ring_buffer__consume": (c_int, [_P]),
+    "ring_buffer__free": (None, [_P]),
+}
+
+
+class _Log(threading.local):
+    """libbpf messages of the current thread's ongoing operation (libbpf prints from the caller)."""
+
+    lines: list[str] | None = None
+
+
+_log = _Log()
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None)
+    libc.vasprintf.argtypes = [POINTER(c_void_p), c_char_p, c_void_p]
+    libc.vasprintf.restype = c_int
+    libc.free.argtypes = [c_void_p]
+    libc.free.restype = None
+    return libc
+
+
+def _on_print(level: int, fmt: bytes | None, args: int | None) -> int:
+    """libbpf print callback. va_list arrives as a pointer (x86-64 and arm64 ABIs) and is
+    formatted by the C library so every printf conversion works. Messages of a captured
+    operation go into its error, so they are only logged at DEBUG."""
+    py_level = _LIBBPF_LEVELS[level] if 0 <= level < len(_LIBBPF_LEVELS) else logging.DEBUG
+    capturing = _log.lines is not None and py_level >= logging.INFO
+    if capturing:
+        py_level = logging.DEBUG
+    if fmt is None or not (capturing or log.isEnabledFor(py_level)):
+        return 0
+    out = c_void_p()
+    if _libc().vasprintf(ctypes.byref(out), fmt, args) < 0:
+        return 0
+    text = ctypes.string_at(out.value).decode(errors="replace").rstrip("\n")
+    _libc().free(out)
+    if capturing and _log.lines is not None:
+        _log.lines.extend(text.splitlines())
+    log.log(py_level, "%s", text)
+    return 0
+
+
+# Module-level so the C callback object is never garbage collected.
+_PRINT_CALLBACK = _PrintFn(_on_print)
+
+
+@cache
+def lib() -> ctypes.CDLL:
+    """libbpf.so.1 with typed prototypes and our print callback installed."""
+    try:
+        handle = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError as exc:
+        raise BpfError("libbpf.so.1 not found: apt-get install libbpf1", errno_mod.ENOENT) from exc
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(handle, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    handle.libbpf_set_print(_PRINT_CALLBACK)
+    return handle
+
+
+class _Capture:
+    """Collect libbpf messages of one operation for the error it may raise."""
+
+    def __enter__(self) -> _Capture:
+        _log.lines = []
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _log.lines = None
+
+    def tail(self) -> str:
+        return "\n".join((_log.lines or [])[-LOG_TAIL_LINES:])
+
+
+def _check_int(ret: int, what: str, capture: _Capture | None = None) -> int:
+    if ret < 0:
+        raise BpfError(what, -ret, capture.tail() if capture else "")
+    return ret
+
+
+def _check_ptr(ptr: int | None, what: str, capture: _Capture | None = None) -> int:
+    if not ptr:
+        raise BpfError(what, ctypes.get_errno() or errno_mod.EINVAL, capture.tail() if capture else "")
+    return ptr
+
+
+class Link:
+    """An attachment; destroy() detaches (idempotent)."""
+
+    def __init__(self, ptr: int, what: str) -> None:
+        self._ptr: int | None = ptr
+        self.what = what
+
+    def destroy(self) -> None:
+        if self._ptr:
+            lib().bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class Program:
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = lib().bpf_program__name(ptr).decode()
+        self.section: str = lib().bpf_program__section_name(ptr).decode()
+
+    @property
+    def autoload(self) -> bool:
+        return bool(lib().bpf_program__autoload(self._ptr))
+
+    def set_autoload(self, enabled: bool) -> None:
+        _check_int(lib().bpf_program__set_autoload(self._ptr, enabled), f"set_autoload {self.name}")
+
+    def attach(self) -> Link:
+        """Attach by section name (tp/, tp_btf/, raw_tp/, ...)."""
+        with _Capture() as cap:
+            ptr = lib().bpf_program__attach(self._ptr)
+            return Link(_check_ptr(ptr, f"attach {self.name} ({self.section})", cap), self.name)
+
+    def attach_uprobe(self, pid: int, binary: str, func_name: str | None = None, offset: int = 0,
+                      retprobe: bool = False) -> Link:
+        """Uprobe on `binary` (a path, e.g. via /proc/<pid>/root/...) for one pid (-1: all)."""
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe,
+                           func_name=func_name.encode() if func_name else None)
+        what = f"attach uprobe {self.name} to {binary}:{func_name or hex(offset)} pid {pid}"
+        with _Capture() as cap:
+            ptr = lib().bpf_program__attach_uprobe_opts(self._ptr, pid, os.fsencode(binary), offset,
+                                                        ctypes.byref(opts))
+            return Link(_check_ptr(ptr, what, cap), self.name)
+
+
+class Map:
+    def __init__(self, ptr: int) -> None:
+        self._ptr = ptr
+        self.name: str = lib().bpf_map__name(ptr).decode()
+
+    @property
+    def fd(self) -> int:
+        return _check_int(lib().bpf_map__fd(self._ptr), f"map {self.name} fd")
+
+    @property
+    def key_size(self) -> int:
+        return int(lib().bpf_map__key_size(self._ptr))
+
+    @property
+    def value_size(self) -> int:
+        return int(lib().bpf_map__value_size(self._ptr))
+
+    @property
+    def max_entries(self) -> int:
+        return int(lib().bpf_map__max_entries(self._ptr))
+
+    def set_max_entries(self, n: int) -> None:
+        """Before load only."""
+        _check_int(lib().bpf_map__set_max_entries(self._ptr, n), f"set_max_entries {self.name} {n}")
+
+    def initial_value(self) -> bytes:
+        """Initial contents of a global-data map (.rodata/.data/.bss) before load."""
+        size = c_size_t()
+        ptr = _check_ptr(lib().bpf_map__initial_value(self._ptr, ctypes.byref(size)),
+                         f"initial_value {self.name}")
+        return ctypes.string_at(ptr, size.value)
+
+    def set_initial_value(self, data: bytes) -> None:
+        _check_int(lib().bpf_map__set_initial_value(self._ptr, data, len(data)),
+                   f"set_initial_value {self.name}")
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        self._check_size("key", key, self.key_size)
+        self._check_size("value", value, self.value_size)
+        ret = lib().bpf_map_update_elem(self.fd, key, value, flags)
+        _check_int(ret, f"update {self.name}")
+
+    def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
+        """Value bytes, or None when absent. Per-CPU maps need value_size for all CPUs."""
+        self._check_size("key", key, self.key_size)
+        buf = ctypes.create_string_buffer(value_size or self.value_size)
+        ret = lib().bpf_map_lookup_elem(self.fd, key, buf)
+        if ret == -errno_mod.ENOENT:
+            return None
+        _check_int(ret, f"lookup {self.name}")
+        return buf.raw
+
+    def delete(self, key: bytes) -> bool:
+        """True when the key was present."""
+        self._check_size("key", key, self.key_size)
+        ret = lib().bpf_map_delete_elem(self.fd, key)
+        if ret == -errno_mod.ENOENT:
+            return False
+        _check_int(ret, f"delete {self.name}")
+        return True
+
+    def _check_size(self, what: str, data: bytes, expected: int) -> None:
+        """The kernel reads exactly the map's sizes from our buffers: never hand it less."""
+        if len(data) != expected:
+            raise BpfError(f"map {self.name}: {what} of {len(data)} bytes, expected {expected}",
+                           errno_mod.EINVAL)
+
+
+class BpfObject:
+    """An opened (then loaded) BPF ELF object. close() frees it and its programs (idempotent)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        with _Capture() as cap:
+            ptr = lib().bpf_object__open_file(os.fsencode(path), None)
+            self._ptr: int | None = _check_ptr(ptr, f"open {os.fspath(path)}", cap)
+
+    def _obj(self) -> int:
+        if not self._ptr:
+            raise BpfError("BPF object already closed", errno_mod.EBADF)
+        return self._ptr
+
+    def programs(self) -> Iterator[Program]:
+        prog = lib().bpf_object__next_program(self._obj(), None)
+        while prog:
+            yield Program(prog)
+            prog = lib().bpf_object__next_program(self._obj(), prog)
+
+    def maps(self) -> Iterator[Map]:
+        m = lib().bpf_object__next_map(self._obj(), None)
+        while m:
+            yield Map(m)
+            m = lib().bpf_object__next_map(self._obj(), m)
+
+    def map(self, name: str) -> Map:
+        ptr = lib().bpf_object__find_map_by_name(self._obj(), name.encode())
+        return Map(_check_ptr(ptr, f"map {name} not in object"))
+
+    def datasec_vars(self, section: str) -> dict[str, tuple[int, int]]:
+        """name -> (offset, size) of the globals in a data section, from the object's BTF."""
+        btf = _check_ptr(lib().bpf_object__btf(self._obj()), "object has no BTF")
+        sec_id = _check_int(lib().btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC),
+                            f"BTF datasec {section}")
+        sec = lib().btf__type_by_id(btf, sec_id)
+        vlen = sec.contents.info & 0xFFFF
+        infos = ctypes.cast(ctypes.addressof(sec.contents) + ctypes.sizeof(_BtfType),
+                            POINTER(_BtfVarSecinfo))
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(vlen):
+            var = lib().btf__type_by_id(btf, infos[i].type)
+            name = lib().btf__name_by_offset(btf, var.contents.name_off).decode()
+            out[name] = (infos[i].offset, infos[i].size)
+        return out
+
+    def set_rodata(self, name: str, value: bytes) -> None:
+        """Set one `const volatile` global before load; value must have the variable's size."""
+        offset, size = self.datasec_vars(".rodata").get(name, (-1, 0))
+        if offset < 0 or size != len(value):
+            raise BpfError(f".rodata variable {name} ({len(value)} bytes) not in object",
+                           errno_mod.ENOENT)
+        rodata = self.map(".rodata")
+        data = bytearray(rodata.initial_value())
+        data[offset:offset + size] = value
+        rodata.set_initial_value(bytes(data))
+
+    def load(self) -> None:
+        """Load into the kernel; on failure the error carries the tail of the verifier log."""
+        with _Capture() as cap:
+            _check_int(lib().bpf_object__load(self._obj()), "load BPF object", cap)
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().bpf_object__close(self._ptr)
+            self._ptr = None
+
+
+class RingBuffer:
+    """Consumer of one BPF ring buffer map; each record goes to `handler` as bytes.
+
+    An exception in the handler stops the drain and is re-raised from poll()/consume().
+    """
+
+    def __init__(self, map_fd: int, handler: Callable[[bytes], None]) -> None:
+        self.handler = handler
+        self._error: BaseException | None = None
+        # Kept on the instance: libbpf holds the function pointer until free().
+        self._callback = _SampleFn(self._on_sample)
+        with _Capture() as cap:
+            ptr = lib().ring_buffer__new(map_fd, self._callback, None, None)
+            self._ptr: int | None = _check_ptr(ptr, "ring_buffer__new", cap)
+
+    def _on_sample(self, _ctx: int | None, data: int, size: int) -> int:
+        try:
+            self.handler(ctypes.string_at(data, size))
+        except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+            self._error = exc
+            return -1
+        return 0
+
+    def _finish(self, ret: int, what: str) -> int:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if ret == -errno_mod.EINTR:
+            return 0
+        return _check_int(ret, what)
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for data, then drain; number of records handled."""
+        return self._finish(lib().ring_buffer__poll(self._rb(), timeout_ms), "ring_buffer__poll")
+
+    def consume(self) -> int:
+        """Drain what is there without waiting; number of records handled."""
+        return self._finish(lib().ring_buffer__consume(self._rb()), "ring_buffer__consume")
+
+    def _rb(self) -> int:
+        if not self._ptr:
+            raise BpfError("ring buffer already freed", errno_mod.EBADF)
+        return self._ptr
+
+    def free(self) -> None:
+        if self._ptr:
+            lib().ring_buffer__free(self._ptr)
+            self._ptr = None
+
+
+def num_possible_cpus() -> int:
+    return _check_int(lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+def map_type_supported(map_type: int) -> bool:
+    with _Capture():
+        return lib().libbpf_probe_bpf_map_type(map_type, None) == 1
+
+
+def bpf_syscall_errno() -> int:
+    """0 when this process may use bpf() (creates and drops a one-slot array map), else errno."""
+    with _Capture():
+        fd = lib().bpf_map_create(BPF_MAP_TYPE_ARRAY, b"beyla_probe", 4, 4, 1, None)
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
+class VmlinuxBtf:
+    """The running kernel's BTF (/sys/kernel/btf/vmlinux); a context manager."""
+
+    def __init__(self) -> None:
+        self._ptr: int | None = _check_ptr(lib().btf__load_vmlinux_btf(), "load kernel BTF")
+
+    def __enter__(self) -> VmlinuxBtf:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ptr:
+            lib().btf__free(self._ptr)
+            self._ptr = None
+
+    def find(self, name: str, kind: int) -> int | None:
+        """BTF type id of `name` of `kind`, or None."""
+        ret = lib().btf__find_by_name_kind(self._ptr, name.encode(), kind)
+        return ret if ret > 0 else None
+
+
+def fentry_attach_errno(btf_id: int) -> int:
+    """Load an empty fentry program on kernel function `btf_id` and attach it for an instant.
+    0 when both work, else the errno of the failing step."""
+    # r0 = 0; exit
+    insns = (c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0)
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=BPF_TRACE_FENTRY,
+                         attach_btf_id=btf_id)
+    with _Capture():
+        prog_fd = lib().bpf_prog_load(BPF_PROG_TYPE_TRACING, b"beyla_probe", b"GPL",
+                                      ctypes.cast(insns, c_char_p), 2, ctypes.byref(opts))
+    if prog_fd < 0:
+        return -prog_fd
+    try:
+        link_fd = lib().bpf_link_create(prog_fd, 0, BPF_TRACE_FENTRY, None)
+        if link_fd < 0:
+            return -link_fd
+        os.close(link_fd)
+        return 0
+    finally:
+        os.close(prog_fd)
+
+
+__all__ = ["BpfError", "BpfObject", "Link", "Map", "Program", "RingBuffer", "VmlinuxBtf",
+           "bpf_syscall_errno", "fentry_attach_errno", "map_type_supported", "num_possible_cpus", "lib",
+           "BTF_KIND_FUNC", "BTF_KIND_TYPEDEF", "BPF_MAP_TYPE_RINGBUF"]

@@ -1,0 +1,231 @@
+"""Lifecycle of the HTTP probes: open the packaged object, set knobs, load the chosen
+strategy's programs, attach, fill the PID-namespace filter, drain the ring buffer, close.
+
+    with Probes(capture_size=512) as probes:
+        probes.allow_pid_namespace(pid_namespace_inode())
+        while running:
+            probes.poll(100, handle_record)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from importlib import resources
+from pathlib import Path
+
+from . import features, libbpf
+from .events import MAX_CAPTURE
+from .features import KernelFeatures, probe_features
+from .libbpf import BpfError
+from .strategy import STRATEGIES, OBJECT_NAME, Strategy, by_name
+
+DEFAULT_CAPTURE_SIZE = 512
+DEFAULT_RINGBUF_SIZE = 8 << 20
+AUTO = "auto"
+# The probes wake the reader only once this fraction of the ring is unread.
+WAKEUP_FRACTION = 4
+# Indexes of enum counter_index in probes/beyla.h.
+COUNTER_NAMES = ("ringbuf_drops", "read_fails")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+RecordHandler = Callable[[bytes], None]
+
+
+class ProbeSetupError(BpfError):
+    """The probes cannot run here; the message names the fix."""
+
+    def __init__(self, message: str, err: int, log_text: str = "") -> None:
+        Exception.__init__(self, message)
+        self.errno = err
+        self.log = log_text
+
+
+def pid_namespace_inode(pid: int | str = "self") -> int:
+    """Inode of the PID namespace of `pid` (default: this process), as the probes compare it."""
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
+
+
+@contextmanager
+def _packaged_object() -> Iterator[Path]:
+    ref = resources.files("beyla_sidecar.bpf").joinpath("objects", OBJECT_NAME)
+    with resources.as_file(ref) as path:
+        if not path.is_file():
+            raise ProbeSetupError(f"{OBJECT_NAME} not built: run make -C probes", errno.ENOENT)
+        yield path
+
+
+def _check_args(capture_size: int, ringbuf_size: int) -> None:
+    if not 0 <= capture_size <= MAX_CAPTURE:
+        raise ValueError(f"capture_size {capture_size} outside 0..{MAX_CAPTURE}")
+    page = os.sysconf("SC_PAGE_SIZE")
+    if ringbuf_size < page or ringbuf_size & (ringbuf_size - 1):
+        raise ValueError(f"ringbuf_size {ringbuf_size}: must be a power of two >= {page}")
+
+
+def _check_host() -> None:
+    if not features.BTF_PATH.exists():
+        raise ProbeSetupError(features.FIX_BTF, errno.ENOENT)
+
+
+def _check_strategy_table(obj: libbpf.BpfObject) -> None:
+    listed = {name for s in STRATEGIES for name in s.programs}
+    present = {p.name for p in obj.programs()}
+    if present - listed or listed - present:
+        raise ProbeSetupError(
+            f"{OBJECT_NAME} and beyla_sidecar/bpf/strategy.py disagree: in object only "
+            f"{sorted(present - listed)}, in table only {sorted(listed - present)}", errno.EINVAL)
+
+
+def _choose(name: str) -> Strategy:
+    if name != AUTO:
+        return by_name(name)
+    found = probe_features()
+    if found.strategy is None:
+        raise ProbeSetupError("no attach strategy works on this kernel: " + "; ".join(found.problems),
+                              errno.EOPNOTSUPP)
+    return by_name(found.strategy)
+
+
+def _setup_error(exc: BpfError, step: str) -> ProbeSetupError:
+    if exc.errno == errno.EPERM:
+        return ProbeSetupError(f"{step}: {features.FIX_PRIVILEGE}\n{exc}", exc.errno)
+    if exc.errno == errno.ENOENT and features.tracefs_dir() is None:
+        return ProbeSetupError(f"{step}: {features.FIX_TRACEFS}\n{exc}", exc.errno)
+    return ProbeSetupError(f"{step}: {exc}", exc.errno, exc.log)
+
+
+class Probes:
+    """The loaded and attached HTTP probes. Not thread-safe: use from one thread.
+
+    strategy: a name from strategy.STRATEGIES, or "auto" for the first the kernel supports.
+    """
+
+    def __init__(self, *, capture_size: int = DEFAULT_CAPTURE_SIZE,
+                 ringbuf_size: int = DEFAULT_RINGBUF_SIZE, strategy: str = AUTO) -> None:
+        _check_args(capture_size, ringbuf_size)
+        _check_host()
+        self._strategy = _choose(strategy)
+        self.capture_size = capture_size
+        self._links: list[libbpf.Link] = []
+        self._ring: libbpf.RingBuffer | None = None
+        self._polling = False
+        self._close_pending = False
+        with _packaged_object() as path:
+            self._obj: libbpf.BpfObject | None = libbpf.BpfObject(path)
+        try:
+            self._setup(capture_size, ringbuf_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, capture_size: int, ringbuf_size: int) -> None:
+        obj = self._object()
+        _check_strategy_table(obj)
+        for prog in obj.programs():
+            prog.set_autoload(prog.name in self._strategy.programs)
+        obj.set_rodata("capture_size", _U32.pack(capture_size))
+        obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
+        obj.map("events").set_max_entries(ringbuf_size)
+        try:
+            obj.load()
+        except BpfError as exc:
+            raise _setup_error(exc, "loading the probes") from exc
+        for prog in obj.programs():
+            if prog.autoload:
+                try:
+                    self._links.append(prog.attach())
+                except BpfError as exc:
+                    raise _setup_error(exc, f"attaching {prog.name}") from exc
+        self._filter = obj.map("pid_ns_filter")
+        self._counters = obj.map("counters")
+        self._ring = libbpf.RingBuffer(obj.map("events").fd, lambda _record: None)
+
+    def __enter__(self) -> Probes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _object(self) -> libbpf.BpfObject:
+        if self._obj is None:
+            raise BpfError("probes are closed", errno.EBADF)
+        return self._obj
+
+    @property
+    def strategy(self) -> str:
+        """Name of the attach strategy in use."""
+        return self._strategy.name
+
+    @property
+    def program_names(self) -> tuple[str, ...]:
+        """Names of the attached programs (as `bpftool prog show` lists them)."""
+        return tuple(link.what for link in self._links)
+
+    def allow_pid_namespace(self, inode: int) -> None:
+        """Observe the processes of the PID namespace with this inode (see pid_namespace_inode)."""
+        self._object()
+        if not 0 < inode < 1 << 32:
+            raise ValueError(f"PID namespace inode {inode} is not a 32-bit inode number")
+        self._filter.update(_U32.pack(inode), b"\x01")
+
+    def poll(self, timeout_ms: int, callback: RecordHandler) -> int:
+        """Wait up to timeout_ms, then hand every record to callback; number handled.
+        The probes only wake the reader when the ring is 1/WAKEUP_FRACTION full, so this
+        normally returns after timeout_ms: that is the delivery latency.
+        An exception from callback propagates (the record that raised counts as consumed)."""
+        return self._drain(callback, lambda ring: ring.poll(timeout_ms) + ring.consume())
+
+    def consume(self, callback: RecordHandler) -> int:
+        """Hand every record already in the ring buffer to callback, without waiting."""
+        return self._drain(callback, lambda ring: ring.consume())
+
+    def _drain(self, callback: RecordHandler, run: Callable[[libbpf.RingBuffer], int]) -> int:
+        self._object()
+        assert self._ring is not None
+        self._ring.handler = callback
+        self._polling = True
+        try:
+            return run(self._ring)
+        finally:
+            self._polling = False
+            if self._close_pending:
+                self.close()
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES)."""
+        self._object()
+        ncpu = libbpf.num_possible_cpus()
+        out = {}
+        for index, name in enumerate(COUNTER_NAMES):
+            raw = self._counters.lookup(_U32.pack(index), _U64.size * ncpu) or b""
+            out[name] = sum(v for (v,) in _U64.iter_unpack(raw))
+        return out
+
+    def close(self) -> None:
+        """Detach and unload everything (idempotent). Safe from a signal handler that
+        interrupts poll(): the close then happens when the drain returns."""
+        if self._polling:
+            self._close_pending = True
+            return
+        with ExitStack() as stack:
+            # Registered in reverse: ring buffer freed first, object closed last.
+            if self._obj is not None:
+                stack.callback(self._obj.close)
+            for link in self._links:
+                stack.callback(link.destroy)
+            if self._ring is not None:
+                stack.callback(self._ring.free)
+        self._obj = None
+        self._ring = None
+        self._links = []
+        self._close_pending = False
+
+
+__all__ = ["AUTO", "COUNTER_NAMES", "DEFAULT_CAPTURE_SIZE", "DEFAULT_RINGBUF_SIZE",
+           "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "pid_namespace_inode",
+           "probe_features"]

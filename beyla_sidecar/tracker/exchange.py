@@ -1,0 +1,30 @@
+"""The tracker's output: one request joined with its response, with its trace identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..bpf.events import ConnTuple
+from ..protocols.base import Message, Protocol, SpanKind
+from .context import TraceContext
+
+
+@dataclass(slots=True)
+class Exchange:
+    protocol: Protocol
+    kind: SpanKind
+    request: Message
+    response: Message | None
+    context: TraceContext
+    pid: int  # host pid
+    tid: int  # host tid
+    ns_pid: int
+    conn: ConnTuple
+
+    @property
+    def start_ns(self) -> int:
+        return self.request.start_ns
+
+    @property
+    def end_ns(self) -> int:
+        return self.response.end_ns if self.response is not None else self.request.end_ns

@@ -1,0 +1,509 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/* TCP connection and payload probes, tracepoint strategy.
+ *
+ * Needs kernel BTF and the tracepoints sock_send_length/sock_recv_length
+ * (Linux 6.4+). No kprobe or fentry: works where those are unavailable.
+ *
+ *   connections  sys_exit_accept{,4} (server), sys_{enter,exit}_connect (client),
+ *                tcp_destroy_sock (close)
+ *   send         tcp_sendmsg_locked stashes the user buffer, sock_send_length emits
+ *   receive      sys_enter_{read,readv,recvfrom,recvmsg} stash, sock_recv_length emits
+ *
+ * Every program running in process context first checks that the current task
+ * lives in a PID namespace listed in pid_ns_filter. Program names start with
+ * "beyla_" and are listed per strategy in beyla_sidecar/bpf/loader.py.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "beyla.h"
+#include "maps.h"
+
+/* uapi constants that vmlinux.h (types only) does not carry */
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define MSG_PEEK 2
+#define EINPROGRESS 115
+
+/* Payload bytes captured per event; set by user space before load (<= MAX_CAPTURE). */
+const volatile __u32 capture_size = 512;
+/* Unread bytes in the ring buffer above which a submit wakes the reader; below it no
+ * wakeups (they would cost the traced app), user space drains on its poll timer. */
+const volatile __u64 wakeup_bytes = 64 * 1024;
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The current task as seen by the namespace filter. */
+struct cur_task {
+	struct task_struct *task;
+	struct pid *pid;  /* task->thread_pid */
+	__u32 level;      /* depth of the task's PID namespace */
+};
+
+/* Process-context gate: true when the current task's PID namespace (the one
+ * it was created in: thread_pid, not nsproxy->pid_ns_for_children, which is
+ * wrong after unshare) is in pid_ns_filter. Reads only what the check needs. */
+static __always_inline bool current_filtered(struct cur_task *cur)
+{
+	/* Locals only inside BPF_CORE_READ: a member of our own struct there
+	 * would become a CO-RE relocation against a type the kernel lacks. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	__u32 level = BPF_CORE_READ(pid, level);
+	struct pid_namespace *ns = BPF_CORE_READ(pid, numbers[level].ns);
+	__u32 inum = BPF_CORE_READ(ns, ns.inum);
+
+	cur->task = task;
+	cur->pid = pid;
+	cur->level = level;
+	return bpf_map_lookup_elem(&pid_ns_filter, &inum) != NULL;
+}
+
+/* Host and namespace-local ids of a task that passed the filter. */
+static __always_inline void task_ids(const struct cur_task *cur, struct conn_info *ids)
+{
+	struct task_struct *task = cur->task;
+	struct pid *pid = cur->pid;
+	__u32 level = cur->level;
+	struct pid *leader = BPF_CORE_READ(task, group_leader, thread_pid);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	ids->pid = pid_tgid >> 32;
+	ids->tid = (__u32)pid_tgid;
+	ids->ns_tid = BPF_CORE_READ(pid, numbers[level].nr);
+	ids->ns_pid = BPF_CORE_READ(leader, numbers[level].nr);
+}
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *val = bpf_map_lookup_elem(&counters, &idx);
+
+	if (val)
+		(*val)++; /* per-CPU slot: no atomic needed */
+}
+
+/* TCP over IPv4/IPv6 only: unix, UDP, MPTCP sockets are not ours. */
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	__u16 family;
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
+	    BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return false;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	return family == AF_INET || family == AF_INET6;
+}
+
+/* fd of the current task -> its TCP struct sock, or NULL: walks
+ * task->files->fdt->fd[fd] -> file -> socket (private_data) -> sk. */
+static __always_inline struct sock *fd_to_tcp_sock(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file;
+	struct socket *sock;
+	__u32 mode;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	/* private_data is only a struct socket for socket inodes */
+	mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	return is_tcp(sk) ? sk : NULL;
+}
+
+static __always_inline void fill_tuple(struct conn_tuple *t, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->family = family;
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num); /* host order already */
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		bpf_core_read(t->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		bpf_core_read(t->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(t->daddr, 4, &sk->__sk_common.skc_daddr);
+	}
+}
+
+/* Per-CPU scratch record with a zeroed header: type, ids and sock set. */
+static __always_inline struct data_event *new_event(__u8 type, const struct sock *sk,
+						    const struct conn_info *ids)
+{
+	__u32 zero = 0;
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!e)
+		return NULL;
+	__builtin_memset(&e->hdr, 0, sizeof(e->hdr));
+	e->hdr.ts_ns = bpf_ktime_get_ns();
+	e->hdr.sock_id = (__u64)sk;
+	e->hdr.pid = ids->pid;
+	e->hdr.tid = ids->tid;
+	e->hdr.ns_pid = ids->ns_pid;
+	e->hdr.ns_tid = ids->ns_tid;
+	e->hdr.type = type;
+	return e;
+}
+
+/* Header plus capture_len payload bytes; wakes the reader only when the ring fills up. */
+static __always_inline void submit(struct data_event *e)
+{
+	__u32 len = e->hdr.capture_len;
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes ?
+		      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+
+	/* Re-bound the length right at the call: the verifier must see
+	 * size <= sizeof(*e) and does not remember it from the payload read. */
+	if (len > MAX_CAPTURE)
+		len = MAX_CAPTURE;
+	if (bpf_ringbuf_output(&events, e, sizeof(e->hdr) + len, flags))
+		count(COUNTER_RINGBUF_DROPS);
+}
+
+/* Record a new connection of the current task and report it. */
+static __always_inline void track_conn(struct sock *sk, __u8 role, const struct cur_task *cur)
+{
+	struct conn_info info = { .role = role };
+	__u64 key = (__u64)sk;
+	struct data_event *e;
+
+	task_ids(cur, &info);
+	fill_tuple(&info.tuple, sk);
+	bpf_map_update_elem(&conns, &key, &info, BPF_ANY);
+	e = new_event(EVENT_CONN_OPEN, sk, &info);
+	if (!e)
+		return;
+	e->hdr.role = role;
+	e->hdr.tuple = info.tuple;
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm));
+	submit(e);
+}
+
+/* Copy up to min(moved, avail, capture_size) bytes of user memory as payload. */
+static __always_inline void read_payload(struct data_event *e, __u64 ubuf, __u64 avail,
+					 __u32 moved)
+{
+	__u32 len = capture_size;
+
+	if (!ubuf)
+		return;
+	if (len > moved)
+		len = moved;
+	if (len > avail)
+		len = avail;
+	/* capture_size is only known at load time; this bound is what lets the
+	 * verifier accept a variable-size read into the fixed payload array. */
+	if (len > MAX_CAPTURE)
+		len = MAX_CAPTURE;
+	if (bpf_probe_read_user(e->payload, len, (const void *)ubuf)) {
+		count(COUNTER_READ_FAILS);
+		return;
+	}
+	e->hdr.capture_len = len;
+}
+
+/* Emit one EVENT_DATA for `moved` bytes on sk; payload from stash when it is sk's. */
+static __always_inline void emit_data(struct sock *sk, __u8 dir, int moved,
+				      const struct buf_stash *st, const struct cur_task *cur)
+{
+	struct conn_info ids = {};
+	__u64 key = (__u64)sk;
+	struct conn_info *conn;
+	struct data_event *e;
+
+	task_ids(cur, &ids);
+	e = new_event(EVENT_DATA, sk, &ids);
+	if (!e)
+		return;
+	conn = bpf_map_lookup_elem(&conns, &key);
+	e->hdr.role = conn ? conn->role : ROLE_UNKNOWN;
+	fill_tuple(&e->hdr.tuple, sk);
+	e->hdr.direction = dir;
+	e->hdr.bytes = moved;
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm));
+	if (st->sk == key)
+		read_payload(e, st->buf, st->len, moved);
+	submit(e);
+}
+
+/* Take (copy and delete) the current thread's stash from map; zeroed if none. */
+static __always_inline void take_stash(void *map, __u32 tid, struct buf_stash *out)
+{
+	struct buf_stash *st = bpf_map_lookup_elem(map, &tid);
+
+	if (!st)
+		return;
+	*out = *st;
+	bpf_map_delete_elem(map, &tid);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static __always_inline int on_accept_exit(long ret)
+{
+	struct cur_task cur;
+	struct sock *sk;
+
+	if (!current_filtered(&cur) || ret < 0)
+		return 0;
+	sk = fd_to_tcp_sock(ret);
+	if (sk)
+		track_conn(sk, ROLE_SERVER, &cur);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_accept4")
+int beyla_accept4_x(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_exit_accept")
+int beyla_accept_x(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_enter_connect")
+int beyla_connect_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct cur_task cur;
+	__u32 tid;
+	__s32 fd;
+
+	if (!current_filtered(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	fd = ctx->args[0];
+	bpf_map_update_elem(&connect_fds, &tid, &fd, BPF_ANY);
+	return 0;
+}
+
+/* The local port is bound by now, also for a non-blocking connect (-EINPROGRESS). */
+SEC("tp/syscalls/sys_exit_connect")
+int beyla_connect_x(struct trace_event_raw_sys_exit *ctx)
+{
+	struct cur_task cur;
+	struct sock *sk;
+	__s32 *fdp, fd;
+	__u32 tid;
+
+	if (!current_filtered(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	fdp = bpf_map_lookup_elem(&connect_fds, &tid);
+	if (!fdp)
+		return 0;
+	fd = *fdp;
+	bpf_map_delete_elem(&connect_fds, &tid);
+	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
+		return 0;
+	sk = fd_to_tcp_sock(fd);
+	if (sk)
+		track_conn(sk, ROLE_CLIENT, &cur);
+	return 0;
+}
+
+/* May run in softirq (e.g. after a RST or the FIN timeout): `current` is not
+ * the owner, so only the opener stored in conns is reported. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(beyla_destroy, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+	struct data_event *e;
+
+	if (!conn)
+		return 0;
+	e = new_event(EVENT_CONN_CLOSE, sk, conn);
+	if (e) {
+		e->hdr.role = conn->role;
+		e->hdr.tuple = conn->tuple;
+		submit(e);
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+/* A thread that dies inside a syscall leaves its stashes behind. */
+SEC("tp/sched/sched_process_exit")
+int beyla_task_exit(void *ctx)
+{
+	struct cur_task cur;
+	__u32 tid;
+
+	if (!current_filtered(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&connect_fds, &tid);
+	bpf_map_delete_elem(&send_bufs, &tid);
+	bpf_map_delete_elem(&recv_bufs, &tid);
+	return 0;
+}
+
+/* ---- send ----------------------------------------------------------------- */
+
+/* User buffer at the iterator's current position, or buf = 0 for kernel-backed
+ * iterators (BVEC from sendfile/splice, KVEC). */
+static __always_inline void iter_user_buffer(const struct msghdr *msg, struct buf_stash *st)
+{
+	/* enum iter_type was reordered across kernels: compare relocated values */
+	__u8 type = BPF_CORE_READ(msg, msg_iter.iter_type);
+	__u64 off = BPF_CORE_READ(msg, msg_iter.iov_offset);
+	__u64 left = BPF_CORE_READ(msg, msg_iter.count);
+	const struct iovec *iov;
+	__u64 iov_len;
+
+	if (type == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+		st->buf = (__u64)BPF_CORE_READ(msg, msg_iter.ubuf) + off;
+		st->len = left;
+	} else if (type == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
+		/* the iovec array was copied into the kernel by the syscall */
+		iov = BPF_CORE_READ(msg, msg_iter.__iov);
+		iov_len = BPF_CORE_READ(iov, iov_len);
+		if (iov_len <= off)
+			return;
+		st->buf = (__u64)BPF_CORE_READ(iov, iov_base) + off;
+		st->len = iov_len - off < left ? iov_len - off : left;
+	}
+}
+
+/* Fires once per loop iteration of tcp_sendmsg_locked, the iterator advancing
+ * each time: only the first firing of a syscall points at the start. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(beyla_tcp_send, const struct sock *sk, const struct msghdr *msg,
+	     const struct sk_buff *skb, int size_goal)
+{
+	struct buf_stash st = { .sk = (__u64)sk };
+	struct cur_task cur;
+	__u32 tid;
+
+	if (!current_filtered(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	/* Look up rather than update with BPF_NOEXIST: on an LRU map the update
+	 * takes a free node (possibly evicting another thread's stash) before it
+	 * checks for the existing key. */
+	if (bpf_map_lookup_elem(&send_bufs, &tid))
+		return 0;
+	iter_user_buffer(msg, &st);
+	bpf_map_update_elem(&send_bufs, &tid, &st, BPF_ANY);
+	return 0;
+}
+
+/* After every sendmsg on any socket, with the bytes really sent. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(beyla_send_len, struct sock *sk, int ret, int flags)
+{
+	struct buf_stash st = {};
+	struct cur_task cur;
+
+	if (!current_filtered(&cur))
+		return 0;
+	take_stash(&send_bufs, (__u32)bpf_get_current_pid_tgid(), &st);
+	if (ret > 0 && is_tcp(sk))
+		emit_data(sk, DIR_SEND, ret, &st, &cur);
+	return 0;
+}
+
+/* ---- receive -------------------------------------------------------------- */
+
+/* Remember buf for the receive about to happen on fd, when fd is a TCP socket:
+ * resolving it here keeps stashes off files and pipes and names the socket. */
+static __always_inline void stash_recv(long fd, __u64 buf, __u64 len)
+{
+	struct buf_stash st = { .buf = buf, .len = len };
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	st.sk = (__u64)fd_to_tcp_sock(fd);
+	if (st.sk)
+		bpf_map_update_elem(&recv_bufs, &tid, &st, BPF_ANY);
+}
+
+/* First element of a user iovec array. */
+static __always_inline void stash_recv_iov(long fd, const struct iovec *uiov, __u64 cnt)
+{
+	struct iovec iov;
+
+	if (cnt < 1 || bpf_probe_read_user(&iov, sizeof(iov), uiov))
+		return;
+	stash_recv(fd, (__u64)iov.iov_base, iov.iov_len);
+}
+
+SEC("tp/syscalls/sys_enter_read")
+int beyla_read_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct cur_task cur;
+
+	if (current_filtered(&cur))
+		stash_recv(ctx->args[0], ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_recvfrom")
+int beyla_recvfrm_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct cur_task cur;
+
+	if (current_filtered(&cur))
+		stash_recv(ctx->args[0], ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_readv")
+int beyla_readv_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct cur_task cur;
+
+	if (current_filtered(&cur))
+		stash_recv_iov(ctx->args[0], (const struct iovec *)ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_recvmsg")
+int beyla_recvmsg_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct user_msghdr *umsg = (struct user_msghdr *)ctx->args[1];
+	struct iovec *uiov;
+	__u64 cnt;
+	struct cur_task cur;
+
+	if (!current_filtered(&cur))
+		return 0;
+	/* the msghdr is still in user memory at syscall entry */
+	if (bpf_probe_read_user(&uiov, sizeof(uiov), &umsg->msg_iov) ||
+	    bpf_probe_read_user(&cnt, sizeof(cnt), &umsg->msg_iovlen))
+		return 0;
+	stash_recv_iov(ctx->args[0], uiov, cnt);
+	return 0;
+}
+
+/* After every recvmsg on any socket, with the bytes really received. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(beyla_recv_len, struct sock *sk, int ret, int flags)
+{
+	struct buf_stash st = {};
+	struct cur_task cur;
+
+	if (!current_filtered(&cur))
+		return 0;
+	take_stash(&recv_bufs, (__u32)bpf_get_current_pid_tgid(), &st);
+	/* a peek leaves the data queued: the real read reports it */
+	if (ret > 0 && !(flags & MSG_PEEK) && is_tcp(sk))
+		emit_data(sk, DIR_RECV, ret, &st, &cur);
+	return 0;
+}

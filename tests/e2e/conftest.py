@@ -1,0 +1,32 @@
+"""Fixtures of the end-to-end tests: a pod (PID namespace) and sidecars started in it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .pod import Pod, Sidecar
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Iterator[Pod]:
+    p = Pod(tmp_path)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def start_sidecar(pod: Pod) -> Iterator[Callable[..., Sidecar]]:
+    started: list[Sidecar] = []
+
+    def start(**env: str) -> Sidecar:
+        s = Sidecar(pod, env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.stop()

@@ -1,0 +1,52 @@
+from beyla_sidecar.config import Config, load
+from beyla_sidecar.discover.processes import ProcessInfo
+from beyla_sidecar.export.resource import ResourceFactory, parse_resource_attributes
+
+
+def proc(service: str = "") -> ProcessInfo:
+    return ProcessInfo(pid=42, executable_name="nginx", command_line="nginx -g daemon off;",
+                       service_name=service, create_time=1.0)
+
+
+def test_parse_resource_attributes() -> None:
+    assert parse_resource_attributes("a=1, b = x%20y ,broken,=v,c=") == {"a": "1", "b": "x y", "c": ""}
+
+
+def test_service_name_order() -> None:
+    env = {"BEYLA_SERVICE_NAME": "beyla", "OTEL_SERVICE_NAME": "otel",
+           "OTEL_RESOURCE_ATTRIBUTES": "service.name=attr"}
+    f = ResourceFactory(load(Config, env))
+    assert f.service_name(proc("own")) == "own"
+    assert f.service_name(proc()) == "beyla"
+    env.pop("BEYLA_SERVICE_NAME")
+    assert ResourceFactory(load(Config, env)).service_name(proc()) == "otel"
+    env.pop("OTEL_SERVICE_NAME")
+    assert ResourceFactory(load(Config, env)).service_name(proc()) == "attr"
+    assert ResourceFactory(load(Config, {})).service_name(proc()) == "nginx"
+    assert ResourceFactory(load(Config, {})).service_name(None) == "unknown_service"
+
+
+def test_resource_attributes() -> None:
+    cfg = load(Config, {
+        "BEYLA_K8S_POD_NAME": "web-1", "BEYLA_K8S_NAMESPACE": "shop", "BEYLA_K8S_POD_UID": "u-1",
+        "BEYLA_K8S_NODE_NAME": "node-a", "BEYLA_K8S_CONTAINER_NAMES": "web",
+        "BEYLA_K8S_STATEFULSET_NAME": "web", "OTEL_RESOURCE_ATTRIBUTES": "team=core",
+        "BEYLA_SERVICE_VERSION": "1.2.3",
+    })
+    attrs = dict(ResourceFactory(cfg).create(42, proc()).attributes)
+    assert attrs["service.name"] == "nginx" and attrs["service.version"] == "1.2.3"
+    assert attrs["process.pid"] == 42 and attrs["process.executable.name"] == "nginx"
+    assert attrs["process.command_line"] == "nginx -g daemon off;"
+    assert attrs["k8s.pod.name"] == "web-1" and attrs["k8s.namespace.name"] == "shop"
+    assert attrs["k8s.pod.uid"] == "u-1" and attrs["k8s.node.name"] == "node-a"
+    assert attrs["k8s.container.name"] == "web" and attrs["k8s.statefulset.name"] == "web"
+    assert attrs["service.instance.id"] == "shop.web-1.web"
+    assert attrs["team"] == "core" and attrs["telemetry.distro.name"] == "beyla-sidecar"
+    assert "k8s.deployment.name" not in attrs
+
+
+def test_several_containers_leave_container_name_out() -> None:
+    cfg = load(Config, {"BEYLA_K8S_CONTAINER_NAMES": "web,worker", "BEYLA_K8S_POD_NAME": "p",
+                        "BEYLA_K8S_NAMESPACE": "n"})
+    attrs = dict(ResourceFactory(cfg).create(1, None).attributes)
+    assert "k8s.container.name" not in attrs and "service.instance.id" not in attrs
