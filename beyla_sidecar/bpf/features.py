@@ -23,6 +23,16 @@ FIX_BTF = ("kernel BTF not found at /sys/kernel/btf/vmlinux: the CO-RE probes ne
            "built with CONFIG_DEBUG_INFO_BTF=y (default on current distribution kernels)")
 FIX_TRACEFS = ("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing "
                "(in a pod: hostPath volume /sys/kernel/tracing)")
+# Capabilities the sidecar needs instead of `privileged: true` (bit numbers: linux/capability.h).
+REQUIRED_CAPABILITIES = {
+    "DAC_READ_SEARCH": 2,      # read other containers' files through /proc/<pid>/root
+    "SYS_PTRACE": 19,          # read /proc/<pid>/exe, maps and environ of the pod's processes
+    "PERFMON": 38,             # attach tracepoints and uprobes (perf events)
+    "BPF": 39,                 # load programs, create maps
+    "CHECKPOINT_RESTORE": 40,  # resolve /proc/<pid>/map_files of other processes
+}
+SYS_ADMIN = 21  # needed on top when kernel.perf_event_paranoid > 2 (some distributions)
+PERF_EVENT_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
 FIX_PRIVILEGE = ("the bpf() syscall is not permitted: run as root or grant capabilities "
                  "BPF and PERFMON (securityContext.capabilities.add)")
 
@@ -40,6 +50,7 @@ class KernelFeatures:
     ringbuf: bool                  # BPF_MAP_TYPE_RINGBUF creatable
     fentry: bool                   # an empty fentry program loaded and attached
     fentry_error: str | None       # why not, when it could not
+    missing_capabilities: tuple[str, ...]  # of REQUIRED_CAPABILITIES (+ SYS_ADMIN when paranoid > 2)
     strategy: str | None           # what `run` would use
     problems: tuple[str, ...]      # one fix per blocking problem, for the user
 
@@ -63,6 +74,8 @@ class KernelFeatures:
             ("kprobes", yes[self.kprobes]),
             ("fentry", f"no ({self.fentry_error})" if self.fentry_error else yes[self.fentry]),
             ("uprobes", yes[self.uprobes]),
+            ("capabilities", "missing " + ", ".join(self.missing_capabilities)
+             if self.missing_capabilities else "all needed present"),
             ("attach strategy", self.strategy or "none"),
         ]
         lines = [f"{name:<20} {value}" for name, value in rows]
@@ -111,8 +124,27 @@ def usable(strategy: Strategy, f: KernelFeatures) -> bool:
             and (not strategy.needs_fentry or f.fentry))
 
 
+def missing_capabilities(status: str | None = None, paranoid: int | None = None) -> tuple[str, ...]:
+    """Required capabilities absent from this process's effective set (/proc/self/status CapEff)."""
+    if status is None:
+        status = Path("/proc/self/status").read_text()
+    if paranoid is None:
+        try:
+            paranoid = int(PERF_EVENT_PARANOID.read_text())
+        except (OSError, ValueError):
+            paranoid = 2
+    effective = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:"))
+    wanted = dict(REQUIRED_CAPABILITIES)
+    if paranoid > 2:
+        wanted["SYS_ADMIN"] = SYS_ADMIN
+    return tuple(name for name, bit in wanted.items() if not effective >> bit & 1)
+
+
 def _problems(f: KernelFeatures) -> tuple[str, ...]:
     out = []
+    if f.missing_capabilities:
+        out.append("missing capabilities " + ", ".join(f.missing_capabilities)
+                   + ": add them to securityContext.capabilities.add (or run as root)")
     if not f.btf:
         out.append(FIX_BTF)
     if not f.bpf_allowed:
@@ -144,7 +176,7 @@ def probe_features() -> KernelFeatures:
         missing_btf_tracepoints=missing, kprobes=_dynamic_probe("kprobe", tracefs),
         uprobes=_dynamic_probe("uprobe", tracefs), bpf_allowed=bpf_allowed,
         ringbuf=bpf_allowed and libbpf.map_type_supported(libbpf.BPF_MAP_TYPE_RINGBUF), fentry=fentry_ok, fentry_error=fentry_error,
-        strategy=None, problems=(),
+        missing_capabilities=missing_capabilities(), strategy=None, problems=(),
     )
     chosen = next((s.name for s in STRATEGIES if usable(s, features)), None)
     return replace(features, strategy=chosen, problems=_problems(features))
