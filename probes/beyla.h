@@ -13,6 +13,17 @@ enum event_type {
 	EVENT_DATA = 1,       /* bytes sent or received on a TCP socket */
 	EVENT_CONN_OPEN = 2,  /* accept() or connect() returned a TCP socket */
 	EVENT_CONN_CLOSE = 3, /* the kernel destroyed one of our sockets */
+	/* Process lifecycle (discover/): ids are the process's; no tuple, no payload. */
+	EVENT_PROCESS_EXEC = 4,   /* execve() succeeded: new executable */
+	EVENT_PROCESS_FORK = 5,   /* a new process (not a thread) was forked */
+	EVENT_PROCESS_EXIT = 6,   /* the last thread of a process exited */
+	EVENT_PROCESS_MMAP = 7,   /* a file was mapped executable: maybe a library to probe */
+	EVENT_PROCESS_LISTEN = 8, /* listen() succeeded: the process has a new open port */
+};
+
+/* event_header.flags */
+enum event_flags {
+	FLAG_TLS = 1, /* EVENT_DATA: plaintext seen by the TLS library probes */
 };
 
 enum direction {
@@ -49,7 +60,8 @@ struct event_header {
 	__u8 type;       /* enum event_type */
 	__u8 direction;  /* enum direction (EVENT_DATA) */
 	__u8 role;       /* enum conn_role */
-	__u8 _pad[7];
+	__u8 flags;      /* enum event_flags */
+	__u8 _pad[6];
 	struct conn_tuple tuple;
 	char comm[16];   /* current->comm in process context; empty on EVENT_CONN_CLOSE */
 };

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
-/* TCP connection and payload probes, tracepoint strategy.
+/* TCP connection and payload probes (tracepoint strategy), OpenSSL plaintext
+ * probes (uprobes) and process lifecycle.
  *
  * Needs kernel BTF and the tracepoints sock_send_length/sock_recv_length
  * (Linux 6.4+). No kprobe or fentry: works where those are unavailable.
@@ -8,10 +9,18 @@
  *                tcp_destroy_sock (close)
  *   send         tcp_sendmsg_locked stashes the user buffer, sock_send_length emits
  *   receive      sys_enter_{read,readv,recvfrom,recvmsg} stash, sock_recv_length emits
+ *   TLS          uprobes on SSL_{read,write}{,_ex} and SSL_do_handshake record the
+ *                call per thread; the socket I/O the library does inside the call
+ *                ties the SSL* to its struct sock and marks that socket TLS (its
+ *                ciphertext is not reported); the uretprobe emits the plaintext as
+ *                EVENT_DATA with FLAG_TLS on that socket
+ *   processes    sched_process_{exec,fork,exit}, executable file mmaps and listen()
+ *                for discover/ (which finds the libraries to probe)
  *
  * Every program running in process context first checks that the current task
- * lives in a PID namespace listed in pid_ns_filter. Program names start with
- * "beyla_" and are listed per strategy in beyla_sidecar/bpf/loader.py.
+ * lives in a PID namespace listed in pid_ns_filter; programs reporting traffic
+ * then apply the process selection (allowed_pids) when filter_pids is set.
+ * Program names start with "beyla_" and are listed in beyla_sidecar/bpf/strategy.py.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -28,12 +37,16 @@
 #define S_IFSOCK 0140000
 #define MSG_PEEK 2
 #define EINPROGRESS 115
+#define PROT_EXEC 4
 
 /* Payload bytes captured per event; set by user space before load (<= MAX_CAPTURE). */
 const volatile __u32 capture_size = 512;
 /* Unread bytes in the ring buffer above which a submit wakes the reader; below it no
  * wakeups (they would cost the traced app), user space drains on its poll timer. */
 const volatile __u64 wakeup_bytes = 64 * 1024;
+/* Only processes in allowed_pids report traffic (BEYLA_EXECUTABLE_NAME/BEYLA_OPEN_PORT);
+ * false: every process of the pod, and the verifier drops the lookups. */
+const volatile bool filter_pids = false;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -61,6 +74,31 @@ static __always_inline bool current_filtered(struct cur_task *cur)
 	cur->pid = pid;
 	cur->level = level;
 	return bpf_map_lookup_elem(&pid_ns_filter, &inum) != NULL;
+}
+
+/* tgid of the current task in its own PID namespace: the key of allowed_pids. */
+static __always_inline __u32 ns_tgid(const struct cur_task *cur)
+{
+	struct task_struct *task = cur->task;
+	__u32 level = cur->level;
+	struct pid *leader = BPF_CORE_READ(task, group_leader, thread_pid);
+
+	return BPF_CORE_READ(leader, numbers[level].nr);
+}
+
+/* current_filtered, then the process selection: the gate of every program that
+ * reports traffic. Lifecycle programs use current_filtered alone: discover/ must
+ * see every process of the pod to select among them. */
+static __always_inline bool current_selected(struct cur_task *cur)
+{
+	__u32 tgid;
+
+	if (!current_filtered(cur))
+		return false;
+	if (!filter_pids)
+		return true;
+	tgid = ns_tgid(cur);
+	return bpf_map_lookup_elem(&allowed_pids, &tgid) != NULL;
 }
 
 /* Host and namespace-local ids of a task that passed the filter. */
@@ -216,20 +254,51 @@ static __always_inline void read_payload(struct data_event *e, __u64 ubuf, __u64
 	e->hdr.capture_len = len;
 }
 
-/* Emit one EVENT_DATA for `moved` bytes on sk; payload from stash when it is sk's. */
+/* sk carries the TLS session `ssl` of the current process: remember the pair for
+ * the plaintext probes, and mark the socket so that its ciphertext is not reported. */
+static __always_inline void tie_tls(struct sock *sk, __u64 ssl, struct conn_info *conn,
+				   const struct cur_task *cur)
+{
+	struct ssl_key skey = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = ssl };
+	struct conn_info info = { .role = ROLE_UNKNOWN, .tls = 1, .ssl = ssl };
+	__u64 key = (__u64)sk;
+	__u64 *known = bpf_map_lookup_elem(&ssl_socks, &skey);
+
+	if (!known || *known != key)
+		bpf_map_update_elem(&ssl_socks, &skey, &key, BPF_ANY);
+	if (conn) {
+		conn->tls = 1;
+		conn->ssl = ssl;
+		return;
+	}
+	/* a socket from before the probes: tracked now, so that its close is reported */
+	task_ids(cur, &info);
+	fill_tuple(&info.tuple, sk);
+	bpf_map_update_elem(&conns, &key, &info, BPF_ANY);
+}
+
+/* Emit one EVENT_DATA for `moved` bytes on sk; payload from stash when it is sk's.
+ * Nothing for TLS sockets: their plaintext comes from the uprobes. */
 static __always_inline void emit_data(struct sock *sk, __u8 dir, int moved,
 				      const struct buf_stash *st, const struct cur_task *cur)
 {
 	struct conn_info ids = {};
 	__u64 key = (__u64)sk;
-	struct conn_info *conn;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
 	struct data_event *e;
 
+	if (call) {
+		tie_tls(sk, call->ssl, conn, cur);
+		return;
+	}
+	if (conn && conn->tls)
+		return;
 	task_ids(cur, &ids);
 	e = new_event(EVENT_DATA, sk, &ids);
 	if (!e)
 		return;
-	conn = bpf_map_lookup_elem(&conns, &key);
 	e->hdr.role = conn ? conn->role : ROLE_UNKNOWN;
 	fill_tuple(&e->hdr.tuple, sk);
 	e->hdr.direction = dir;
@@ -258,7 +327,7 @@ static __always_inline int on_accept_exit(long ret)
 	struct cur_task cur;
 	struct sock *sk;
 
-	if (!current_filtered(&cur) || ret < 0)
+	if (!current_selected(&cur) || ret < 0)
 		return 0;
 	sk = fd_to_tcp_sock(ret);
 	if (sk)
@@ -285,7 +354,7 @@ int beyla_connect_e(struct trace_event_raw_sys_enter *ctx)
 	__u32 tid;
 	__s32 fd;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	fd = ctx->args[0];
@@ -302,7 +371,7 @@ int beyla_connect_x(struct trace_event_raw_sys_exit *ctx)
 	__s32 *fdp, fd;
 	__u32 tid;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	fdp = bpf_map_lookup_elem(&connect_fds, &tid);
@@ -329,6 +398,11 @@ int BPF_PROG(beyla_destroy, struct sock *sk)
 
 	if (!conn)
 		return 0;
+	if (conn->tls) {
+		struct ssl_key skey = { .tgid = conn->pid, .ssl = conn->ssl };
+
+		bpf_map_delete_elem(&ssl_socks, &skey);
+	}
 	e = new_event(EVENT_CONN_CLOSE, sk, conn);
 	if (e) {
 		e->hdr.role = conn->role;
@@ -339,12 +413,84 @@ int BPF_PROG(beyla_destroy, struct sock *sk)
 	return 0;
 }
 
-/* A thread that dies inside a syscall leaves its stashes behind. */
+/* ---- processes ------------------------------------------------------------ */
+
+/* Report a lifecycle event of the current process (ids and comm only). */
+static __always_inline void process_event(__u8 type, const struct cur_task *cur)
+{
+	struct conn_info ids = {};
+	struct data_event *e;
+
+	task_ids(cur, &ids);
+	e = new_event(type, NULL, &ids);
+	if (!e)
+		return;
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm));
+	submit(e);
+}
+
+/* The selection is user space's decision for the new executable: until it is
+ * made, the process reports nothing. */
+SEC("tp/sched/sched_process_exec")
+int beyla_exec(void *ctx)
+{
+	struct cur_task cur;
+	__u32 tgid;
+
+	if (!current_filtered(&cur))
+		return 0;
+	if (filter_pids) {
+		tgid = ns_tgid(&cur);
+		bpf_map_delete_elem(&allowed_pids, &tgid);
+	}
+	process_event(EVENT_PROCESS_EXEC, &cur);
+	return 0;
+}
+
+/* Runs in the parent. A forked child runs the parent's executable: it inherits
+ * the parent's selection at once, before user space hears of it. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(beyla_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct conn_info ids = {};
+	struct cur_task cur;
+	struct data_event *e;
+	struct pid *pid;
+	__u32 level, tgid;
+	__u8 one = 1;
+
+	if (!current_filtered(&cur))
+		return 0;
+	/* threads are clones too: only a new thread group is a new process */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	pid = BPF_CORE_READ(child, thread_pid);
+	level = BPF_CORE_READ(pid, level);
+	if (level != cur.level)
+		return 0; /* CLONE_NEWPID: the child is in a namespace of its own, not the pod's */
+	ids.pid = ids.tid = BPF_CORE_READ(child, tgid);
+	ids.ns_pid = ids.ns_tid = BPF_CORE_READ(pid, numbers[level].nr);
+	if (filter_pids) {
+		tgid = ns_tgid(&cur);
+		if (bpf_map_lookup_elem(&allowed_pids, &tgid))
+			bpf_map_update_elem(&allowed_pids, &ids.ns_pid, &one, BPF_ANY);
+	}
+	e = new_event(EVENT_PROCESS_FORK, NULL, &ids);
+	if (!e)
+		return 0;
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm)); /* the child's, copied from the parent */
+	submit(e);
+	return 0;
+}
+
+/* Per thread: a thread that dies inside a syscall or an SSL_* call leaves its
+ * stashes behind. The last thread of a process reports the process's exit. */
 SEC("tp/sched/sched_process_exit")
 int beyla_task_exit(void *ctx)
 {
+	struct task_struct *task;
 	struct cur_task cur;
-	__u32 tid;
+	__u32 tid, tgid;
 
 	if (!current_filtered(&cur))
 		return 0;
@@ -352,6 +498,43 @@ int beyla_task_exit(void *ctx)
 	bpf_map_delete_elem(&connect_fds, &tid);
 	bpf_map_delete_elem(&send_bufs, &tid);
 	bpf_map_delete_elem(&recv_bufs, &tid);
+	bpf_map_delete_elem(&ssl_calls, &tid);
+	/* do_exit() decrements signal->live before this tracepoint: 0 for the last thread */
+	task = cur.task;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	if (filter_pids) {
+		tgid = ns_tgid(&cur);
+		bpf_map_delete_elem(&allowed_pids, &tgid);
+	}
+	process_event(EVENT_PROCESS_EXIT, &cur);
+	return 0;
+}
+
+/* The dynamic loader maps a library's code with PROT_EXEC from an fd (also at
+ * dlopen() long after exec): discover/ then looks for TLS libraries to probe. */
+SEC("tp/syscalls/sys_enter_mmap")
+int beyla_mmap_e(struct trace_event_raw_sys_enter *ctx)
+{
+	struct cur_task cur;
+
+	if (!current_filtered(&cur))
+		return 0;
+	if ((ctx->args[2] & PROT_EXEC) && (__s32)ctx->args[4] >= 0)
+		process_event(EVENT_PROCESS_MMAP, &cur);
+	return 0;
+}
+
+/* A new open port can make a process match BEYLA_OPEN_PORT. */
+SEC("tp/syscalls/sys_exit_listen")
+int beyla_listen_x(struct trace_event_raw_sys_exit *ctx)
+{
+	struct cur_task cur;
+
+	if (!current_filtered(&cur))
+		return 0;
+	if (ctx->ret == 0)
+		process_event(EVENT_PROCESS_LISTEN, &cur);
 	return 0;
 }
 
@@ -392,7 +575,7 @@ int BPF_PROG(beyla_tcp_send, const struct sock *sk, const struct msghdr *msg,
 	struct cur_task cur;
 	__u32 tid;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	/* Look up rather than update with BPF_NOEXIST: on an LRU map the update
@@ -412,7 +595,7 @@ int BPF_PROG(beyla_send_len, struct sock *sk, int ret, int flags)
 	struct buf_stash st = {};
 	struct cur_task cur;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	take_stash(&send_bufs, (__u32)bpf_get_current_pid_tgid(), &st);
 	if (ret > 0 && is_tcp(sk))
@@ -449,7 +632,7 @@ int beyla_read_e(struct trace_event_raw_sys_enter *ctx)
 {
 	struct cur_task cur;
 
-	if (current_filtered(&cur))
+	if (current_selected(&cur))
 		stash_recv(ctx->args[0], ctx->args[1], ctx->args[2]);
 	return 0;
 }
@@ -459,7 +642,7 @@ int beyla_recvfrm_e(struct trace_event_raw_sys_enter *ctx)
 {
 	struct cur_task cur;
 
-	if (current_filtered(&cur))
+	if (current_selected(&cur))
 		stash_recv(ctx->args[0], ctx->args[1], ctx->args[2]);
 	return 0;
 }
@@ -469,7 +652,7 @@ int beyla_readv_e(struct trace_event_raw_sys_enter *ctx)
 {
 	struct cur_task cur;
 
-	if (current_filtered(&cur))
+	if (current_selected(&cur))
 		stash_recv_iov(ctx->args[0], (const struct iovec *)ctx->args[1], ctx->args[2]);
 	return 0;
 }
@@ -482,7 +665,7 @@ int beyla_recvmsg_e(struct trace_event_raw_sys_enter *ctx)
 	__u64 cnt;
 	struct cur_task cur;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	/* the msghdr is still in user memory at syscall entry */
 	if (bpf_probe_read_user(&uiov, sizeof(uiov), &umsg->msg_iov) ||
@@ -499,11 +682,122 @@ int BPF_PROG(beyla_recv_len, struct sock *sk, int ret, int flags)
 	struct buf_stash st = {};
 	struct cur_task cur;
 
-	if (!current_filtered(&cur))
+	if (!current_selected(&cur))
 		return 0;
 	take_stash(&recv_bufs, (__u32)bpf_get_current_pid_tgid(), &st);
 	/* a peek leaves the data queued: the real read reports it */
 	if (ret > 0 && !(flags & MSG_PEEK) && is_tcp(sk))
 		emit_data(sk, DIR_RECV, ret, &st, &cur);
+	return 0;
+}
+
+/* ---- TLS: OpenSSL, shared or linked statically ------------------------------
+ * Attached by user space (discover/) to each library file that has the symbols,
+ * for every process mapping it; selection and namespace are checked here.
+ * BPF_KPROBE/BPF_KRETPROBE: the same pt_regs argument access serves uprobes
+ * (libbpf 1.1 has no BPF_UPROBE spelling). */
+
+/* Entry of an SSL_* call: remember it for the socket probes and the return. */
+static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 out, __u8 op)
+{
+	struct ssl_call call = { .ssl = ssl, .buf = buf, .out = out, .op = op };
+	struct cur_task cur;
+	__u32 tid;
+
+	if (!current_selected(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);
+	return 0;
+}
+
+/* Plaintext of a finished read/write as EVENT_DATA on the session's socket: same
+ * sock_id, role and tuple as the socket probes would give, plus FLAG_TLS. */
+static __always_inline void emit_tls(const struct ssl_call *call, __u32 moved,
+				     const struct cur_task *cur)
+{
+	struct ssl_key skey = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = call->ssl };
+	__u64 *sk = bpf_map_lookup_elem(&ssl_socks, &skey);
+	/* no socket I/O seen for this session (e.g. a memory BIO): the SSL* stands
+	 * for the connection; a user address never equals a struct sock's */
+	__u64 sock_id = sk ? *sk : call->ssl;
+	struct conn_info *conn = sk ? bpf_map_lookup_elem(&conns, sk) : NULL;
+	struct conn_info ids = {};
+	struct data_event *e;
+
+	task_ids(cur, &ids);
+	e = new_event(EVENT_DATA, (const struct sock *)sock_id, &ids);
+	if (!e)
+		return;
+	e->hdr.flags = FLAG_TLS;
+	e->hdr.direction = call->op == SSL_OP_READ ? DIR_RECV : DIR_SEND;
+	e->hdr.bytes = moved;
+	if (conn) {
+		e->hdr.role = conn->role;
+		e->hdr.tuple = conn->tuple;
+	}
+	bpf_get_current_comm(e->hdr.comm, sizeof(e->hdr.comm));
+	read_payload(e, call->buf, moved, moved);
+	submit(e);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(beyla_ssl_hs_e, void *ssl)
+{
+	return ssl_enter((__u64)ssl, 0, 0, SSL_OP_HANDSHAKE);
+}
+
+/* int SSL_read(SSL *ssl, void *buf, int num): returns the bytes read */
+SEC("uprobe")
+int BPF_KPROBE(beyla_ssl_rd_e, void *ssl, void *buf)
+{
+	return ssl_enter((__u64)ssl, (__u64)buf, 0, SSL_OP_READ);
+}
+
+/* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes): returns 1 */
+SEC("uprobe")
+int BPF_KPROBE(beyla_ssl_rdx_e, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return ssl_enter((__u64)ssl, (__u64)buf, (__u64)readbytes, SSL_OP_READ);
+}
+
+/* int SSL_write(SSL *ssl, const void *buf, int num): returns the bytes written */
+SEC("uprobe")
+int BPF_KPROBE(beyla_ssl_wr_e, void *ssl, const void *buf)
+{
+	return ssl_enter((__u64)ssl, (__u64)buf, 0, SSL_OP_WRITE);
+}
+
+/* int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written): returns 1 */
+SEC("uprobe")
+int BPF_KPROBE(beyla_ssl_wrx_e, void *ssl, const void *buf, size_t num, size_t *written)
+{
+	return ssl_enter((__u64)ssl, (__u64)buf, (__u64)written, SSL_OP_WRITE);
+}
+
+/* Return of any of the above. */
+SEC("uretprobe")
+int BPF_KRETPROBE(beyla_ssl_ret, int ret)
+{
+	struct ssl_call *found, call;
+	struct cur_task cur;
+	__u64 moved;
+	__u32 tid;
+
+	if (!current_selected(&cur))
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	found = bpf_map_lookup_elem(&ssl_calls, &tid);
+	if (!found)
+		return 0;
+	call = *found;
+	bpf_map_delete_elem(&ssl_calls, &tid);
+	if (call.op == SSL_OP_HANDSHAKE || ret <= 0)
+		return 0;
+	moved = ret;
+	if (call.out && bpf_probe_read_user(&moved, sizeof(moved), (const void *)call.out))
+		return 0;
+	if (moved > 0 && moved <= 0x7fffffff)
+		emit_tls(&call, moved, &cur);
 	return 0;
 }

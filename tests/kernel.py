@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 
 
@@ -28,3 +29,24 @@ def loaded_programs() -> dict[int, str]:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], check=True, capture_output=True,
                          text=True).stdout
     return {p["id"]: p.get("name", "") for p in json.loads(out)}
+
+
+def bpf_map_entries(pid: int | str = "self") -> dict[str, int]:
+    """Entries in each hash map a process holds open: map name -> count (via bpftool)."""
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-map":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        if fields.get("map_type", "").strip() in ("1", "9"):  # BPF_MAP_TYPE_HASH, LRU_HASH
+            ids.add(int(fields["map_id"]))
+    out = {}
+    for map_id in ids:
+        run = partial(subprocess.run, check=True, capture_output=True, text=True)
+        name = json.loads(run(["bpftool", "map", "show", "id", str(map_id), "--json"]).stdout)["name"]
+        out[name] = len(json.loads(run(["bpftool", "map", "dump", "id", str(map_id), "--json"]).stdout))
+    return out

@@ -7,7 +7,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-HEADER = struct.Struct("<QQIIIIIHBBB7x16s16sHHH2x16s")
+HEADER = struct.Struct("<QQIIIIIHBBBB6x16s16sHHH2x16s")
 HEADER_SIZE = HEADER.size  # 104, pinned by tests against beyla.h
 MAX_CAPTURE = 1024
 
@@ -16,6 +16,17 @@ class EventType(IntEnum):
     DATA = 1
     CONN_OPEN = 2
     CONN_CLOSE = 3
+    # process lifecycle, for discover/ (ids and comm only)
+    PROCESS_EXEC = 4
+    PROCESS_FORK = 5
+    PROCESS_EXIT = 6
+    PROCESS_MMAP = 7  # a file mapped executable: maybe a library to probe
+    PROCESS_LISTEN = 8
+
+
+PROCESS_EVENTS = frozenset((EventType.PROCESS_EXEC, EventType.PROCESS_FORK, EventType.PROCESS_EXIT,
+                            EventType.PROCESS_MMAP, EventType.PROCESS_LISTEN))
+FLAG_TLS = 1
 
 
 class Direction(IntEnum):
@@ -54,6 +65,7 @@ class Event(NamedTuple):
     tuple: ConnTuple
     comm: str  # task name (16 bytes max), for processes gone before /proc could be read
     payload: bytes
+    tls: bool = False  # DATA: plaintext from the TLS library probes, not socket bytes
 
 
 def _addr(family: int, raw: bytes) -> str:
@@ -70,9 +82,9 @@ def decode(record: bytes | memoryview) -> Event | None:
     """Decode one record; None when it is too short or of an unknown type."""
     if len(record) < HEADER_SIZE:
         return None
-    (ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes, cap, etype, direction, role,
+    (ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes, cap, etype, direction, role, flags,
      saddr, daddr, sport, dport, family, comm) = HEADER.unpack_from(record)
-    if etype not in (1, 2, 3) or direction > 1 or role > 2:
+    if not 1 <= etype <= 8 or direction > 1 or role > 2:
         return None
     end = HEADER_SIZE + min(cap, len(record) - HEADER_SIZE)
     return Event(
@@ -81,4 +93,5 @@ def decode(record: bytes | memoryview) -> Event | None:
         ConnTuple(_addr(family, saddr), sport, _addr(family, daddr), dport),
         comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
         bytes(record[HEADER_SIZE:end]),
+        bool(flags & FLAG_TLS),
     )

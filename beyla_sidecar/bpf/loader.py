@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
@@ -21,7 +21,7 @@ from . import features, libbpf
 from .events import MAX_CAPTURE
 from .features import KernelFeatures, probe_features
 from .libbpf import BpfError
-from .strategy import STRATEGIES, OBJECT_NAME, Strategy, by_name
+from .strategy import OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, by_name
 
 DEFAULT_CAPTURE_SIZE = 512
 DEFAULT_RINGBUF_SIZE = 8 << 20
@@ -73,7 +73,7 @@ def _check_host() -> None:
 
 
 def _check_strategy_table(obj: libbpf.BpfObject) -> None:
-    listed = {name for s in STRATEGIES for name in s.programs}
+    listed = {name for s in STRATEGIES for name in s.programs} | set(UPROBE_PROGRAMS)
     present = {p.name for p in obj.programs()}
     if present - listed or listed - present:
         raise ProbeSetupError(
@@ -99,19 +99,36 @@ def _setup_error(exc: BpfError, step: str) -> ProbeSetupError:
     return ProbeSetupError(f"{step}: {exc}", exc.errno, exc.log)
 
 
+class UprobeSet:
+    """The OpenSSL uprobes of one library file (for every process mapping it)."""
+
+    def __init__(self, path: str, links: list[libbpf.Link]) -> None:
+        self.path = path
+        self.links = links
+
+    def destroy(self) -> None:
+        for link in self.links:
+            link.destroy()
+        self.links = []
+
+
 class Probes:
     """The loaded and attached HTTP probes. Not thread-safe: use from one thread.
 
     strategy: a name from strategy.STRATEGIES, or "auto" for the first the kernel supports.
+    filter_pids: only processes passed to allow_process() report traffic (else the whole pod).
     """
 
     def __init__(self, *, capture_size: int = DEFAULT_CAPTURE_SIZE,
-                 ringbuf_size: int = DEFAULT_RINGBUF_SIZE, strategy: str = AUTO) -> None:
+                 ringbuf_size: int = DEFAULT_RINGBUF_SIZE, strategy: str = AUTO,
+                 filter_pids: bool = False) -> None:
         _check_args(capture_size, ringbuf_size)
         _check_host()
         self._strategy = _choose(strategy)
         self.capture_size = capture_size
+        self._filter_pids = filter_pids
         self._links: list[libbpf.Link] = []
+        self._uprobes: list[UprobeSet] = []
         self._ring: libbpf.RingBuffer | None = None
         self._polling = False
         self._close_pending = False
@@ -127,21 +144,24 @@ class Probes:
         obj = self._object()
         _check_strategy_table(obj)
         for prog in obj.programs():
-            prog.set_autoload(prog.name in self._strategy.programs)
+            prog.set_autoload(prog.name in self._strategy.programs or prog.name in UPROBE_PROGRAMS)
         obj.set_rodata("capture_size", _U32.pack(capture_size))
+        obj.set_rodata("filter_pids", bytes([self._filter_pids]))
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
         obj.map("events").set_max_entries(ringbuf_size)
         try:
             obj.load()
         except BpfError as exc:
             raise _setup_error(exc, "loading the probes") from exc
+        self._programs = {prog.name: prog for prog in obj.programs()}
         for prog in obj.programs():
-            if prog.autoload:
+            if prog.name in self._strategy.programs:
                 try:
                     self._links.append(prog.attach())
                 except BpfError as exc:
                     raise _setup_error(exc, f"attaching {prog.name}") from exc
         self._filter = obj.map("pid_ns_filter")
+        self._allowed = obj.map("allowed_pids")
         self._counters = obj.map("counters")
         self._ring = libbpf.RingBuffer(obj.map("events").fd, lambda _record: None)
 
@@ -172,6 +192,37 @@ class Probes:
         if not 0 < inode < 1 << 32:
             raise ValueError(f"PID namespace inode {inode} is not a 32-bit inode number")
         self._filter.update(_U32.pack(inode), b"\x01")
+
+    def allow_process(self, ns_tgid: int) -> None:
+        """filter_pids: let this process (tgid in its own PID namespace) report traffic."""
+        self._object()
+        self._allowed.update(_U32.pack(ns_tgid), b"\x01")
+
+    def disallow_process(self, ns_tgid: int) -> None:
+        self._object()
+        self._allowed.delete(_U32.pack(ns_tgid))
+
+    def attach_openssl(self, path: str, offsets: Mapping[str, int]) -> UprobeSet:
+        """OpenSSL uprobes on the library (or executable) at `path`, at the file offsets of
+        its SSL_* functions (those missing from `offsets` are skipped), for all processes:
+        the programs check namespace and selection. All or nothing: raises BpfError."""
+        self._object()
+        links: list[libbpf.Link] = []
+        try:
+            for probe in OPENSSL_UPROBES:
+                if probe.symbol in offsets:
+                    links.append(self._programs[probe.program].attach_uprobe(
+                        -1, path, offset=offsets[probe.symbol], retprobe=probe.retprobe))
+        except BpfError:
+            UprobeSet(path, links).destroy()
+            raise
+        uprobes = UprobeSet(path, links)
+        self._uprobes.append(uprobes)
+        return uprobes
+
+    def detach(self, uprobes: UprobeSet) -> None:
+        uprobes.destroy()
+        self._uprobes.remove(uprobes)
 
     def poll(self, timeout_ms: int, callback: RecordHandler) -> int:
         """Wait up to timeout_ms, then hand every record to callback; number handled.
@@ -218,14 +269,17 @@ class Probes:
                 stack.callback(self._obj.close)
             for link in self._links:
                 stack.callback(link.destroy)
+            for uprobes in self._uprobes:
+                stack.callback(uprobes.destroy)
             if self._ring is not None:
                 stack.callback(self._ring.free)
         self._obj = None
         self._ring = None
         self._links = []
+        self._uprobes = []
         self._close_pending = False
 
 
 __all__ = ["AUTO", "COUNTER_NAMES", "DEFAULT_CAPTURE_SIZE", "DEFAULT_RINGBUF_SIZE",
-           "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "pid_namespace_inode",
-           "probe_features"]
+           "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "UprobeSet",
+           "pid_namespace_inode", "probe_features"]

@@ -2,8 +2,11 @@
 
 This table is the extension point for kernels with kprobes or fentry: add the programs
 to probes/ under new `beyla_*` names, then add a row here *before* the tracepoint row
-(rows are in preference order). `Probes` autoloads only the chosen row's programs.
-Every program in the object must belong to some row, so a forgotten entry fails loudly.
+(rows are in preference order). `Probes` autoloads only the chosen row's programs, plus
+the uprobe programs of OPENSSL_UPROBES, which every strategy shares and which are attached
+per library file (discover/), not by section name.
+Every program in the object must belong to some row or to OPENSSL_UPROBES, so a forgotten
+entry fails loudly.
 """
 
 from __future__ import annotations
@@ -29,11 +32,37 @@ TRACEPOINT = Strategy(
         "beyla_accept4_x", "beyla_accept_x", "beyla_connect_e", "beyla_connect_x",
         "beyla_destroy", "beyla_task_exit", "beyla_tcp_send", "beyla_send_len",
         "beyla_read_e", "beyla_readv_e", "beyla_recvfrm_e", "beyla_recvmsg_e", "beyla_recv_len",
+        "beyla_exec", "beyla_fork", "beyla_mmap_e", "beyla_listen_x",
     ),
     btf_tracepoints=("tcp_sendmsg_locked", "sock_send_length", "sock_recv_length",
-                     "tcp_destroy_sock"),
+                     "tcp_destroy_sock", "sched_process_fork"),
     needs_tracefs=True,
 )
+
+
+@dataclass(frozen=True)
+class Uprobe:
+    program: str
+    symbol: str
+    retprobe: bool
+
+
+# OpenSSL 1.1.1/3.x (and BoringSSL/LibreSSL where they export these names): entry probes
+# remember the call, one return probe emits the plaintext. SSL_do_handshake only marks
+# the thread, so that the handshake's socket I/O ties the SSL* to its socket early.
+_RET = "beyla_ssl_ret"
+OPENSSL_UPROBES: tuple[Uprobe, ...] = (
+    Uprobe("beyla_ssl_hs_e", "SSL_do_handshake", False), Uprobe(_RET, "SSL_do_handshake", True),
+    Uprobe("beyla_ssl_rd_e", "SSL_read", False), Uprobe(_RET, "SSL_read", True),
+    Uprobe("beyla_ssl_rdx_e", "SSL_read_ex", False), Uprobe(_RET, "SSL_read_ex", True),
+    Uprobe("beyla_ssl_wr_e", "SSL_write", False), Uprobe(_RET, "SSL_write", True),
+    Uprobe("beyla_ssl_wrx_e", "SSL_write_ex", False), Uprobe(_RET, "SSL_write_ex", True),
+)
+UPROBE_PROGRAMS = tuple(sorted({u.program for u in OPENSSL_UPROBES}))
+OPENSSL_SYMBOLS = tuple(sorted({u.symbol for u in OPENSSL_UPROBES}))
+# Without these a library's plaintext cannot be seen at all; the others are optional
+# (SSL_*_ex: OpenSSL 1.1.1+; a missing SSL_do_handshake only delays the socket tie).
+OPENSSL_REQUIRED = ("SSL_read", "SSL_write")
 
 # Preference order.
 STRATEGIES: tuple[Strategy, ...] = (TRACEPOINT,)

@@ -65,6 +65,10 @@ class ProcessTable:
             self._by_pid[pid] = info
             return info
 
+    def forget(self, pid: int) -> None:
+        """The process exited (its exit event)."""
+        self._by_pid.pop(pid, None)
+
     def prune(self) -> list[int]:
         """Drop processes that exited (or whose pid was reused); returns their pids."""
         stale = [pid for pid, info in self._by_pid.items()

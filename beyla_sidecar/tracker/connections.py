@@ -41,7 +41,7 @@ class _Pending:
 
 class Connection:
     __slots__ = ("role", "conn", "pid", "ns_pid", "protocol", "requests", "responses",
-                 "pending", "attempts", "ignored")
+                 "pending", "attempts", "ignored", "tls")
 
     def __init__(self, role: Role, conn: ConnTuple, pid: int, ns_pid: int) -> None:
         self.role = role
@@ -54,6 +54,7 @@ class Connection:
         self.pending: deque[_Pending] = deque()
         self.attempts = 0
         self.ignored = False
+        self.tls = False  # its bytes come from the TLS library probes (plaintext)
 
 
 def _is_request_side(role: Role, direction: Direction) -> bool:
@@ -94,6 +95,12 @@ class Tracker:
     def forget_thread(self, tid: int) -> None:
         self._serving.pop(tid, None)
 
+    def forget_process(self, pid: int, ts_ns: int) -> None:
+        """The process (host pid) exited: its connections end as if closed now (a response
+        delimited by the close completes; unanswered requests end without one)."""
+        for sock_id in [s for s, c in self._conns.items() if c.pid == pid]:
+            self._close(sock_id, ts_ns)
+
     def _open(self, sock_id: int, role: Role, conn: ConnTuple, pid: int, ns_pid: int) -> Connection:
         c = self._conns[sock_id] = Connection(role, conn, pid, ns_pid)
         if len(self._conns) > self._max_connections:
@@ -105,6 +112,8 @@ class Tracker:
         c = self._conns.get(ev.sock_id)
         if c is None:
             c = self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid)
+        if ev.tls != c.tls and not self._switch_tls(c, ev.tls):
+            return
         if c.ignored:
             return
         if c.protocol is None and not self._detect(c, ev):
@@ -142,6 +151,21 @@ class Tracker:
         return False
 
     @staticmethod
+    def _switch_tls(c: Connection, tls: bool) -> bool:
+        """Plaintext from the TLS probes on a connection seen so far as socket bytes: those
+        were the handshake's ciphertext, so detection starts afresh on the plaintext.
+        Socket bytes on a TLS connection (ciphertext the kernel sent before it knew the
+        socket was TLS) are dropped: False."""
+        if not tls:
+            return False
+        c.tls = True
+        c.ignored = False
+        c.attempts = 0
+        c.protocol = c.requests = c.responses = None
+        c.pending.clear()
+        return True
+
+    @staticmethod
     def _bind(c: Connection, proto: Protocol) -> None:
         c.protocol = proto
         c.requests = proto.new_stream(True)
@@ -172,7 +196,7 @@ class Tracker:
             del self._serving[pending.tid]
         self.stats.exchanges += 1
         self._emit(Exchange(c.protocol, kind, pending.request, response, pending.context,
-                            c.pid, pending.tid, c.ns_pid, c.conn))
+                            c.pid, pending.tid, c.ns_pid, c.conn, c.tls))
 
     def _close(self, sock_id: int, ts_ns: int) -> None:
         c = self._conns.pop(sock_id, None)

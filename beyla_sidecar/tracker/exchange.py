@@ -20,6 +20,7 @@ class Exchange:
     tid: int  # host tid
     ns_pid: int
     conn: ConnTuple
+    tls: bool = False  # parsed from TLS plaintext (the library probes), not socket bytes
 
     @property
     def start_ns(self) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from beyla_sidecar.bpf.events import HEADER, HEADER_SIZE, MAX_CAPTURE, Direction, EventType, Role, decode
+from beyla_sidecar.bpf.events import (HEADER, HEADER_SIZE, MAX_CAPTURE, PROCESS_EVENTS, Direction, EventType,
+                                      Role, decode)
 
 PROBES = Path(__file__).resolve().parents[2] / "probes"
 
@@ -23,7 +24,7 @@ LAYOUT_C = r"""
 int main(void) {
     printf("size %zu\nmax %d\n", sizeof(struct event_header), MAX_CAPTURE);
     F(ts_ns) F(sock_id) F(pid) F(tid) F(ns_pid) F(ns_tid) F(bytes) F(capture_len) F(type)
-    F(direction) F(role) F(tuple) F(comm)
+    F(direction) F(role) F(flags) F(tuple) F(comm)
     return 0;
 }
 """
@@ -40,14 +41,15 @@ def test_header_layout_matches_beyla_h(tmp_path: Path) -> None:
     assert int(out["max"]) == MAX_CAPTURE
     offsets = {k: int(v) for k, v in out.items() if k not in ("size", "max")}
     assert offsets == {"ts_ns": 0, "sock_id": 8, "pid": 16, "tid": 20, "ns_pid": 24, "ns_tid": 28, "bytes": 32,
-                       "capture_len": 36, "type": 38, "direction": 39, "role": 40, "tuple": 48, "comm": 88}
+                       "capture_len": 36, "type": 38, "direction": 39, "role": 40, "flags": 41, "tuple": 48,
+                       "comm": 88}
 
 
 def record(etype: int = 1, cap: int = 5, payload: bytes = b"hello", family: int = socket.AF_INET,
-           direction: int = 1, role: int = 1) -> bytes:
+           direction: int = 1, role: int = 1, flags: int = 0) -> bytes:
     saddr = socket.inet_pton(socket.AF_INET, "10.1.2.3") + bytes(12)
     daddr = socket.inet_pton(socket.AF_INET, "10.9.8.7") + bytes(12)
-    return HEADER.pack(123, 0xFFFF8881, 1000, 1001, 7, 8, 4096, cap, etype, direction, role,
+    return HEADER.pack(123, 0xFFFF8881, 1000, 1001, 7, 8, 4096, cap, etype, direction, role, flags,
                        saddr, daddr, 8080, 43210, family, b"nginx\0\0\0\0\0\0\0\0\0\0\0") + payload
 
 
@@ -58,6 +60,16 @@ def test_decode_data_record() -> None:
     assert (ev.ts_ns, ev.sock_id, ev.pid, ev.tid, ev.ns_pid, ev.ns_tid, ev.bytes) == (123, 0xFFFF8881, 1000, 1001,
                                                                                       7, 8, 4096)
     assert ev.tuple == ("10.1.2.3", 8080, "10.9.8.7", 43210) and ev.comm == "nginx" and ev.payload == b"hello"
+    assert not ev.tls
+
+
+def test_decode_tls_plaintext_and_process_events() -> None:
+    ev = decode(record(flags=1))
+    assert ev is not None and ev.tls and ev.type is EventType.DATA
+    for etype in EventType:
+        ev = decode(record(etype=etype, cap=0, payload=b""))
+        assert ev is not None and ev.type is etype
+    assert PROCESS_EVENTS == {e for e in EventType if e.name.startswith("PROCESS_")}
 
 
 def test_decode_ipv6_and_v4_mapped() -> None:

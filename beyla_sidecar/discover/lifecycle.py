@@ -1,0 +1,274 @@
+"""The pod's processes as they come and go: selection, TLS libraries, uprobe attachments.
+
+Fed with the probes' lifecycle events (exec, fork, exit, executable mmap, listen) plus one
+/proc scan at start (and a cheap sweep for missed newcomers), it keeps, per process of the
+pod: whether it is selected (BEYLA_EXECUTABLE_NAME / BEYLA_OPEN_PORT) and which OpenSSL
+files it maps. Each OpenSSL file (device + inode) gets its uprobes once, for all processes
+(pid -1: a process forked or started later that maps the file is covered by the kernel
+from its first instruction, with no race against us); the programs check the namespace
+and the selection. The first time a container root (image) of the pod is seen, its
+standard libssl files are attached before any process maps them, so that even the first
+process using them is traced from its first call. Attachments belong to files, never to
+processes: a file no process of the pod maps any more stays attached (a short-lived
+process running it again is then covered at once) until more than MAX_IDLE_FILES such
+files exist, the least recently used going first. Selection reaches the kernel through
+allowed_pids, when some selector is set.
+
+Exec and fork events are looked at in the poll cycle they arrive in; an mmap event is sent
+on syscall entry, so it is looked at again one cycle later, when the mapping is certainly
+there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from ..bpf.events import Event, EventType
+from ..bpf.libbpf import BpfError
+from ..bpf.loader import UprobeSet
+from .maps import FileId, MappedFile, executable_files, listening_ports, mapped_file_id, own_namespace_tgid
+from .selection import Selector
+from .tls import TlsFile, TlsFiles
+
+log = structlog.get_logger()
+
+MAX_IDLE_FILES = 16
+# Where a container image keeps its libssl (Debian/Ubuntu multiarch, RHEL, Alpine, /usr/local).
+LIBSSL_PATTERNS = tuple(f"{d}/{sub}libssl.so*" for d in ("lib", "lib64", "usr/lib", "usr/lib64",
+                                                             "usr/local/lib", "usr/local/lib64")
+                        for sub in ("", "*-linux-gnu/"))
+
+
+class ProbeControl(Protocol):
+    """What discovery asks of the loaded probes (bpf.loader.Probes)."""
+
+    def allow_process(self, ns_tgid: int) -> None: ...
+    def disallow_process(self, ns_tgid: int) -> None: ...
+    def attach_openssl(self, path: str, offsets: dict[str, int]) -> UprobeSet: ...
+    def detach(self, uprobes: UprobeSet) -> None: ...
+
+
+@dataclass(slots=True)
+class DiscoveryStats:
+    attach_failures: int = 0  # OpenSSL files whose uprobes could not be attached
+    # TLS stack -> executables using it that we cannot see into (each reported once in the log)
+    unsupported_tls: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Process:
+    selected: bool
+    ns_tgid: int  # allowed_pids key
+    tls_files: set[FileId]  # OpenSSL files it maps and holds a reference on (if selected)
+
+
+@dataclass(slots=True)
+class _Attached:
+    uprobes: UprobeSet
+    users: set[int]  # selected pids mapping the file
+
+
+def _pids() -> set[int]:
+    return {int(name) for name in os.listdir("/proc") if name.isdigit()}
+
+
+class Discovery:
+    """Not thread-safe: driven by the pipeline's thread."""
+
+    def __init__(self, selector: Selector, target_ns: int, own_pid: int) -> None:
+        self.selector = selector
+        self.stats = DiscoveryStats()
+        self._target_ns = target_ns
+        self._own_pid = own_pid
+        self._tls_files = TlsFiles()
+        self._probes: ProbeControl | None = None
+        self._procs: dict[int, _Process] = {}
+        self._foreign: set[int] = set()  # pids seen outside the target namespace
+        self._attached: dict[FileId, _Attached] = {}
+        self._idle: OrderedDict[FileId, None] = OrderedDict()  # attached, mapped by none, oldest first
+        self._roots: set[FileId] = set()  # container roots whose libssl files were attached ahead
+        self._reported: set[FileId] = set()  # executables whose unsupported TLS was logged
+        self._due: set[int] = set()  # to inspect at the next flush
+        self._dirty: set[int] = set()  # to inspect at the flush after (mmaps, once more)
+
+    @property
+    def instrumented_processes(self) -> int:
+        """Live processes of the pod that are selected (the sidecar itself never is)."""
+        # list(): a C-level copy, safe against the main thread while the scrape thread reads
+        return sum(1 for p in list(self._procs.values()) if p.selected)
+
+    @property
+    def tls_files(self) -> int:
+        """OpenSSL files with uprobes attached now (mapped by some process, or idle)."""
+        return len(self._attached)
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def start(self, probes: ProbeControl) -> None:
+        """Take the loaded probes and look at every process already running."""
+        self._probes = probes
+        for pid in sorted(_pids()):
+            self._inspect(pid)
+
+    def handle(self, ev: Event, pid: int) -> None:
+        """A lifecycle event of process `pid` (as our /proc names it)."""
+        if ev.type is EventType.PROCESS_EXIT:
+            self.forget(pid)
+            return
+        if ev.type is EventType.PROCESS_LISTEN and not self.selector.ports:
+            return
+        if ev.type is EventType.PROCESS_EXEC and pid in self._procs:
+            self._procs[pid].selected = False  # the probes dropped it from allowed_pids
+        if ev.type is EventType.PROCESS_MMAP:
+            self._dirty.add(pid)  # again next cycle, in case the mapping is not there yet
+        self._due.add(pid)
+
+    def flush(self) -> None:
+        """Once per poll cycle: inspect the processes of this cycle's events (and those of
+        the previous cycle's mmaps)."""
+        due, self._due, self._dirty = self._due, self._dirty, set()
+        for pid in due:
+            self._inspect(pid)
+
+    def sweep(self) -> None:
+        """Periodic safety net: processes we missed (events lost) or that vanished."""
+        present = _pids()
+        for pid in self._procs.keys() - present:
+            self.forget(pid)
+        self._foreign &= present
+        for pid in present - self._procs.keys() - self._foreign:
+            self._inspect(pid)
+
+    def forget(self, pid: int) -> None:
+        self._dirty.discard(pid)
+        self._due.discard(pid)
+        self._foreign.discard(pid)
+        proc = self._procs.pop(pid, None)
+        if proc is not None:
+            self._release(pid, proc.tls_files)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _inspect(self, pid: int) -> None:
+        if pid == self._own_pid or self._probes is None:
+            return
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino != self._target_ns:
+                self._foreign.add(pid)
+                return
+            exe = os.readlink(f"/proc/{pid}/exe")
+            files = executable_files(pid)
+            selected = self.selector.matches(exe, lambda: listening_ports(pid))
+            proc = self._procs.get(pid)
+            new = proc is None
+            if proc is None:
+                tgid = own_namespace_tgid(pid) if self.selector.filters else pid
+                proc = self._procs[pid] = _Process(False, tgid, set())
+        except OSError:  # gone, or a kernel thread (no exe): nothing to instrument
+            self.forget(pid)
+            self._foreign.add(pid)  # until it leaves /proc (sweep)
+            return
+        if new:
+            self._attach_ahead(pid)
+        # A new process may have inherited its parent's place in allowed_pids: set it either way.
+        self._select(proc, selected, sync=new)
+        exe_file = next((f for f in files if f.path == exe), None)
+        wanted = self._tls(pid, files, exe_file) if selected else set()
+        self._release(pid, proc.tls_files - wanted)
+        for fid in wanted - proc.tls_files:
+            self._attached[fid].users.add(pid)
+            self._idle.pop(fid, None)
+        proc.tls_files = wanted
+
+    def _attach_ahead(self, pid: int) -> None:
+        """First process seen with its root: attach that root's libssl files now."""
+        root = f"/proc/{pid}/root"
+        try:
+            st = os.stat(root)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in self._roots:
+            return
+        self._roots.add((st.st_dev, st.st_ino))
+        for path in sorted({p for pattern in LIBSSL_PATTERNS for p in glob.glob(f"{root}/{pattern}")}):
+            try:
+                f = MappedFile(mapped_file_id(path), path[len(root):], "")
+            except (OSError, ValueError):
+                continue
+            found = self._tls_files.get(f.id, path, f.path, False)
+            if found.openssl and f.id not in self._attached and self._attach(f, pid, found):
+                self._make_idle(f.id)
+
+    def _select(self, proc: _Process, selected: bool, sync: bool = False) -> None:
+        if selected == proc.selected and not sync:
+            return
+        proc.selected = selected
+        if self.selector.filters:
+            assert self._probes is not None
+            (self._probes.allow_process if selected else self._probes.disallow_process)(proc.ns_tgid)
+
+    def _tls(self, pid: int, files: list[MappedFile], exe_file: MappedFile | None) -> set[FileId]:
+        """The OpenSSL files among `files`, attached; unsupported stacks reported."""
+        out: set[FileId] = set()
+        openssl = False
+        unsupported: list[TlsFile] = []
+        for f in files:
+            found = self._tls_files.get(f.id, f.host_path(pid), f.path, f is exe_file)
+            openssl = openssl or bool(found.openssl)
+            if found.openssl and self._attach(f, pid, found):
+                out.add(f.id)
+            elif found.unsupported:
+                unsupported.append(found)
+        self._report(pid, exe_file, [t.unsupported for t in unsupported
+                                     if t.unsupported and not (openssl and t.alternative)])
+        return out
+
+    def _report(self, pid: int, exe_file: MappedFile | None, unsupported: list[str]) -> None:
+        """Log (once per executable file) and count TLS stacks we cannot see into."""
+        if unsupported and exe_file is not None and exe_file.id not in self._reported:
+            self._reported.add(exe_file.id)
+            for stack in unsupported:
+                self.stats.unsupported_tls[stack] = self.stats.unsupported_tls.get(stack, 0) + 1
+            log.warning("TLS library not supported: this executable's HTTPS is not traced",
+                        executable=exe_file.path, tls=unsupported, pid=pid)
+
+    def _attach(self, f: MappedFile, pid: int, found: TlsFile) -> bool:
+        if f.id in self._attached:
+            return True
+        assert self._probes is not None
+        try:
+            uprobes = self._probes.attach_openssl(f.host_path(pid), found.openssl)
+        except BpfError as exc:
+            self.stats.attach_failures += 1
+            log.warning("cannot attach the OpenSSL probes", file=f.path, pid=pid, error=str(exc))
+            return False
+        self._attached[f.id] = _Attached(uprobes, set())
+        log.info("OpenSSL probes attached", file=f.path, pid=pid, functions=sorted(found.openssl))
+        return True
+
+    def _release(self, pid: int, fids: set[FileId]) -> None:
+        for fid in fids:
+            attached = self._attached.get(fid)
+            if attached is None:
+                continue
+            attached.users.discard(pid)
+            if not attached.users:
+                self._make_idle(fid)
+
+    def _make_idle(self, fid: FileId) -> None:
+        self._idle[fid] = None
+        self._idle.move_to_end(fid)
+        while len(self._idle) > MAX_IDLE_FILES:
+            oldest, _ = self._idle.popitem(last=False)
+            attached = self._attached.pop(oldest)
+            assert self._probes is not None
+            self._probes.detach(attached.uprobes)
+            log.debug("OpenSSL probes detached", file=attached.uprobes.path)
+
