@@ -52,6 +52,11 @@ class ResourceFactory:
                 or (proc.executable_name if proc is not None else "")
                 or "unknown_service")
 
+    def service(self, service_name: str) -> Resource:
+        """The resource of a whole service (metrics): no process.* attributes, so the series of
+        its processes add up and survive restarts."""
+        return Resource({**self._common, "service.name": service_name})
+
     def create(self, pid: int, proc: ProcessInfo | None) -> Resource:
         attrs: dict[str, str | int] = {**self._common, "service.name": self.service_name(proc),
                                        "process.pid": pid}

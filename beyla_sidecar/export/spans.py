@@ -10,6 +10,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .. import __version__
+from ..protocols.base import SpanDescription
 from ..protocols.base import SpanKind as ProtoKind
 from ..tracker.exchange import Exchange
 
@@ -46,8 +47,8 @@ def network_attributes(ex: Exchange) -> dict[str, str | int]:
     return attrs
 
 
-def to_span(ex: Exchange, resource: Resource, clock: Clock, with_query: bool) -> ReadableSpan:
-    desc = ex.protocol.describe(ex.request, ex.response, ex.kind, with_query)
+def to_span(ex: Exchange, desc: SpanDescription, resource: Resource, clock: Clock) -> ReadableSpan:
+    """`desc` is the exchange's protocol description, shared with the metrics."""
     ctx = ex.context
     flags = _SAMPLED if ctx.sampled else _NOT_SAMPLED
     attrs = {**network_attributes(ex), **desc.attributes}  # the protocol's server.address (Host) wins

@@ -14,8 +14,15 @@ from .printers import PrintExporter
 
 @dataclass(slots=True)
 class ExportStats:
+    queued: int = 0  # handed to the batch processor
     exported: int = 0
     failed: int = 0
+    dropped: int = 0  # not queued: queue full
+
+    @property
+    def in_flight(self) -> int:
+        """Spans queued or being exported right now."""
+        return self.queued - self.exported - self.failed
 
 
 class _Counting(SpanExporter):
@@ -55,7 +62,8 @@ class TraceExport:
 
     def __init__(self, cfg: Config) -> None:
         self.stats: dict[str, ExportStats] = {}
-        self._processors: list[BatchSpanProcessor] = []
+        self._queue_size = cfg.span_queue_size
+        self._processors: list[tuple[BatchSpanProcessor, ExportStats]] = []
         if cfg.traces_endpoint:
             self._add("otlp", _otlp(cfg.traces_endpoint))
         if cfg.printer != "disabled":
@@ -67,16 +75,22 @@ class TraceExport:
 
     def _add(self, name: str, exporter: SpanExporter, **batch: float) -> None:
         stats = self.stats[name] = ExportStats()
-        self._processors.append(BatchSpanProcessor(_Counting(exporter, stats), **batch))
+        processor = BatchSpanProcessor(_Counting(exporter, stats), max_queue_size=self._queue_size, **batch)
+        self._processors.append((processor, stats))
 
     def submit(self, span: ReadableSpan) -> None:
-        for processor in self._processors:
+        for processor, stats in self._processors:
+            # The SDK's queue drops silently when full: refuse (and count) before it would.
+            if stats.in_flight >= self._queue_size:
+                stats.dropped += 1
+                continue
+            stats.queued += 1
             processor.on_end(span)
 
     def flush(self, timeout_millis: int = 5000) -> None:
-        for processor in self._processors:
+        for processor, _ in self._processors:
             processor.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        for processor in self._processors:
+        for processor, _ in self._processors:
             processor.shutdown()

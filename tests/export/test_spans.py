@@ -6,6 +6,7 @@ import io
 import json
 
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from beyla_sidecar.bpf.events import ConnTuple
@@ -33,14 +34,19 @@ def exchange(kind: ProtoKind, status: int = 200, parent: int = 0, query: str = "
     return Exchange(HTTP1(), kind, req, resp, ctx, 100, 101, 17, CONN)
 
 
+def span_of(ex: Exchange, with_query: bool = False, route: str | None = None) -> ReadableSpan:
+    desc = ex.protocol.describe(ex.request, ex.response, ex.kind, with_query, route=route)
+    return to_span(ex, desc, RESOURCE, FixedClock())
+
+
 def test_server_span() -> None:
-    span = to_span(exchange(ProtoKind.SERVER, query="token=secret"), RESOURCE, FixedClock(), with_query=False)
-    assert span.name == "GET /users/1" and span.kind is SpanKind.SERVER
+    span = span_of(exchange(ProtoKind.SERVER, query="token=secret"), route="/users/{id}")
+    assert span.name == "GET /users/{id}" and span.kind is SpanKind.SERVER
     assert span.start_time == 1_000_000_005_000 and span.end_time == 1_000_000_009_000
     assert span.context.trace_id == 0xABC and span.context.span_id == 0xDEF and span.parent is None
     assert span.status.status_code is StatusCode.UNSET
     assert dict(span.attributes) == {
-        "http.request.method": "GET", "url.path": "/users/1", "url.scheme": "http",
+        "http.request.method": "GET", "url.path": "/users/1", "http.route": "/users/{id}", "url.scheme": "http",
         "network.protocol.version": "1.1", "http.response.status_code": 200, "http.response.body.size": 12,
         "server.address": "10.0.0.1", "server.port": 8080, "client.address": "10.0.0.2", "client.port": 40000,
         "network.peer.address": "10.0.0.2", "network.peer.port": 40000, "network.transport": "tcp",
@@ -48,8 +54,8 @@ def test_server_span() -> None:
 
 
 def test_client_span_with_parent_error_and_query() -> None:
-    span = to_span(exchange(ProtoKind.CLIENT, status=404, parent=0x99, query="q=1"), RESOURCE, FixedClock(),
-                   with_query=True)
+    span = span_of(exchange(ProtoKind.CLIENT, status=404, parent=0x99, query="q=1"), with_query=True)
+    assert span.name == "GET"  # no route: the method alone, never the raw path
     assert span.kind is SpanKind.CLIENT and span.parent is not None
     assert span.parent.span_id == 0x99 and span.parent.is_remote
     assert span.status.status_code is StatusCode.ERROR
@@ -60,13 +66,13 @@ def test_client_span_with_parent_error_and_query() -> None:
 
 
 def test_server_5xx_is_an_error_4xx_is_not() -> None:
-    assert to_span(exchange(ProtoKind.SERVER, 503), RESOURCE, FixedClock(), False).attributes["error.type"] == "503"
-    assert "error.type" not in to_span(exchange(ProtoKind.SERVER, 404), RESOURCE, FixedClock(), False).attributes
+    assert span_of(exchange(ProtoKind.SERVER, 503)).attributes["error.type"] == "503"
+    assert "error.type" not in span_of(exchange(ProtoKind.SERVER, 404)).attributes
 
 
 def test_json_printer_line() -> None:
     out = io.StringIO()
-    PrintExporter("json", out).export([to_span(exchange(ProtoKind.SERVER), RESOURCE, FixedClock(), False)])
+    PrintExporter("json", out).export([span_of(exchange(ProtoKind.SERVER))])
     doc = json.loads(out.getvalue())
     assert set(doc) == {"name", "kind", "trace_id", "span_id", "parent_span_id", "start_time_unix_nano",
                         "end_time_unix_nano", "status", "attributes", "resource"}
@@ -77,7 +83,7 @@ def test_json_printer_line() -> None:
 
 def test_text_printer_line() -> None:
     out = io.StringIO()
-    PrintExporter("text", out).export([to_span(exchange(ProtoKind.CLIENT, 500), RESOURCE, FixedClock(), False)])
+    PrintExporter("text", out).export([span_of(exchange(ProtoKind.CLIENT, 500), route="/users/{id}")])
     line = out.getvalue()
     assert line.count("\n") == 1
-    assert " CLIENT GET /users/1 500 0.004ms shop[17] peer=10.0.0.2:40000 " in line
+    assert " CLIENT GET /users/{id} 500 0.004ms shop[17] peer=10.0.0.2:40000 " in line

@@ -37,6 +37,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, f"upstream {status}\n".encode())
         elif path.startswith("/hello"):
             self._send(200, b"hello\n")
+        elif path.startswith("/users/"):
+            self._send(200, b"user\n")
         else:
             self._send(404, b"not found\n")
 

@@ -1,0 +1,77 @@
+"""The sidecar's own health as `beyla_sidecar_*` Prometheus families: losses are never silent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psutil
+
+from .prometheus import Family
+
+PREFIX = "beyla_sidecar_"
+
+
+@dataclass(slots=True)
+class SelfStats:
+    """Counters the pipeline gathers from the objects it owns, at scrape time."""
+
+    events_read: int = 0
+    events_lost: int = 0  # ring buffer full, counted by the probes in the kernel
+    kernel_read_failures: int = 0  # bpf_probe_read of a payload failed, counted in the kernel
+    bytes_read: int = 0
+    parse_failures: dict[str, int] = field(default_factory=dict)  # by protocol
+    requests_completed: int = 0
+    spans_exported: dict[str, int] = field(default_factory=dict)  # by exporter
+    spans_failed: dict[str, int] = field(default_factory=dict)
+    spans_dropped: dict[str, int] = field(default_factory=dict)  # queue full
+    metric_exports: int = 0
+    metric_exports_failed: int = 0
+    instrumented_processes: int = 0
+    tls_libraries: int = 0  # OpenSSL files with uprobes attached
+    unsupported_tls: dict[str, int] = field(default_factory=dict)  # executables by TLS stack we cannot trace
+    probe_attach_failures: int = 0
+    route_overflows: dict[str, int] = field(default_factory=dict)  # by service
+
+
+def _counter(name: str, help_: str, value: int) -> Family:
+    return Family(f"{PREFIX}{name}_total", "counter", help_, [(f"{PREFIX}{name}_total", {}, value)])
+
+
+def _counter_by(name: str, help_: str, label: str, values: dict[str, int]) -> Family:
+    full = f"{PREFIX}{name}_total"
+    return Family(full, "counter", help_, [(full, {label: k}, v) for k, v in sorted(values.items())])
+
+
+def _gauge(name: str, help_: str, value: float) -> Family:
+    return Family(f"{PREFIX}{name}", "gauge", help_, [(f"{PREFIX}{name}", {}, value)])
+
+
+def families(s: SelfStats, process: psutil.Process) -> list[Family]:
+    cpu = process.cpu_times()
+    return [
+        _counter("events_read", "Records read from the kernel ring buffer.", s.events_read),
+        _counter("events_lost", "Records the probes could not submit because the ring buffer was full.",
+                 s.events_lost),
+        _counter("kernel_read_failures", "Payload copies that failed in the probes.", s.kernel_read_failures),
+        _counter("bytes_read", "Bytes of socket traffic seen (exact counts, captured or not).", s.bytes_read),
+        _counter_by("parse_failures", "Times a protocol parser lost its place in a stream.", "protocol",
+                    s.parse_failures),
+        _counter("requests_completed", "Request/response exchanges completed by the tracker.",
+                 s.requests_completed),
+        _counter_by("spans_exported", "Spans delivered, by exporter.", "exporter", s.spans_exported),
+        _counter_by("spans_failed", "Spans an exporter failed to deliver.", "exporter", s.spans_failed),
+        _counter_by("spans_dropped", "Spans dropped because the exporter's queue was full.", "exporter",
+                    s.spans_dropped),
+        _counter("metric_exports", "OTLP metric exports attempted.", s.metric_exports),
+        _counter("metric_exports_failed", "OTLP metric exports that failed.", s.metric_exports_failed),
+        _gauge("instrumented_processes", "Live processes of the pod selected for instrumentation.",
+               s.instrumented_processes),
+        _gauge("tls_libraries", "OpenSSL library files with uprobes attached.", s.tls_libraries),
+        _counter_by("unsupported_tls", "Executables using a TLS stack the sidecar cannot trace "
+                    "(their HTTPS is not seen).", "stack", s.unsupported_tls),
+        _counter("probe_attach_failures", "Probes that could not be attached.", s.probe_attach_failures),
+        _counter_by("route_overflows", "Requests whose route went to the overflow route /** "
+                    "(BEYLA_ROUTES_MAX_PER_SERVICE reached).", "service_name", s.route_overflows),
+        _counter("cpu_seconds", "CPU time of the sidecar process (user + system).", cpu.user + cpu.system),
+        _gauge("resident_memory_bytes", "Resident set size of the sidecar process.", process.memory_info().rss),
+    ]

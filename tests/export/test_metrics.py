@@ -1,0 +1,134 @@
+"""HTTP metrics aggregation: attributes, buckets, cardinality limit, OTel data model."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.metrics.export import AggregationTemporality
+from opentelemetry.sdk.resources import Resource
+
+from beyla_sidecar.bpf.events import ConnTuple
+from beyla_sidecar.export import metrics as metrics_mod
+from beyla_sidecar.export.metrics import DURATION_BOUNDS, Metrics, to_metrics_data
+from beyla_sidecar.protocols.base import SpanDescription, SpanKind
+from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
+from beyla_sidecar.tracker.context import TraceContext
+from beyla_sidecar.tracker.exchange import Exchange
+
+CONN = ConnTuple("10.0.0.1", 8080, "10.0.0.2", 40000)
+RESOURCE = Resource({"service.name": "shop", "k8s.pod.name": "shop-1"})
+
+
+def exchange(kind: SpanKind = SpanKind.SERVER, status: int | None = 200, path: str = "/users/1",
+             duration_ns: int = 20_000_000, req_size: int = 3, resp_size: int = 100) -> Exchange:
+    req = HttpRequest(True, 1_000, 2_000, req_size, 40, None, "GET", path, "", "1.1", "api.local:80")
+    resp = (HttpResponse(False, 3_000, 1_000 + duration_ns, resp_size, 50, None, status, "1.1")
+            if status is not None else None)
+    return Exchange(HTTP1(), kind, req, resp, TraceContext(1, 2, 0, False), 10, 11, 10, CONN)
+
+
+def record(sm, ex: Exchange, route: str | None = "/users/{id}") -> None:
+    sm.record(ex, ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route), route)
+
+
+def points(metrics: Metrics, name: str) -> list:
+    [snap] = metrics.snapshot()
+    return [p for i in snap.instruments if i.instrument.name == name for p in i.points]
+
+
+def test_server_attributes_and_buckets() -> None:
+    m = Metrics()
+    sm = m.service("shop", RESOURCE)
+    for _ in range(3):
+        record(sm, exchange(duration_ns=20_000_000))  # 0.02 s: bucket le=0.025
+    record(sm, exchange(status=500, duration_ns=10_000_000))  # exactly 0.01: bucket le=0.01 (inclusive)
+    [ok, err] = points(m, "http.server.request.duration")
+    assert ok.attributes == {"http.request.method": "GET", "http.response.status_code": 200,
+                             "http.route": "/users/{id}"}
+    assert err.attributes["error.type"] == "500"
+    assert ok.buckets.count == 3 and abs(ok.buckets.sum - 0.06) < 1e-9
+    assert ok.buckets.counts[DURATION_BOUNDS.index(0.025)] == 3
+    assert err.buckets.counts[DURATION_BOUNDS.index(0.01)] == 1
+    [req_ok, _] = points(m, "http.server.request.body.size")
+    [resp_ok, _] = points(m, "http.server.response.body.size")
+    assert (req_ok.buckets.sum, resp_ok.buckets.sum) == (9, 300)
+
+
+def test_client_attributes_and_no_response() -> None:
+    m = Metrics()
+    sm = m.service("shop", RESOURCE)
+    record(sm, exchange(SpanKind.CLIENT, status=404))
+    record(sm, exchange(SpanKind.CLIENT, status=None))  # connection closed before a response
+    dur = points(m, "http.client.request.duration")
+    assert {tuple(sorted(p.attributes.items())) for p in dur} == {
+        (("error.type", "404"), ("http.request.method", "GET"), ("http.response.status_code", 404),
+         ("http.route", "/users/{id}"), ("server.address", "api.local"), ("server.port", 40000)),
+        (("error.type", "incomplete"), ("http.request.method", "GET"), ("http.route", "/users/{id}"),
+         ("server.address", "api.local"), ("server.port", 40000)),
+    }
+    assert len(points(m, "http.client.response.body.size")) == 1  # no response: no response size
+    assert len(points(m, "http.client.request.body.size")) == 2
+
+
+def test_extra_attributes_are_opt_in() -> None:
+    m = Metrics(("url.path", "client.address"))
+    record(m.service("shop", RESOURCE), exchange(path="/users/7"))
+    [p] = points(m, "http.server.request.duration")
+    assert p.attributes["url.path"] == "/users/7" and p.attributes["client.address"] == "10.0.0.2"
+    plain = Metrics()
+    record(plain.service("shop", RESOURCE), exchange())
+    assert "url.path" not in points(plain, "http.server.request.duration")[0].attributes
+
+
+def test_non_http_descriptions_are_ignored() -> None:
+    m = Metrics()
+    ex = exchange()
+    m.service("shop", RESOURCE).record(ex, SpanDescription("SET", {"db.system": "redis"}), None)
+    assert m.snapshot()[0].instruments == []
+
+
+def test_cardinality_limit_overflows_into_one_series(monkeypatch) -> None:
+    monkeypatch.setattr(metrics_mod, "MAX_SERIES", 5)
+    m = Metrics()
+    sm = m.service("shop", RESOURCE)
+    for i in range(20):
+        record(sm, exchange(), route=f"/r{i}")
+    dur = points(m, "http.server.request.duration")
+    assert len(dur) == 6
+    overflow = [p for p in dur if p.attributes == {"otel.metric.overflow": True}]
+    assert len(overflow) == 1 and overflow[0].buckets.count == 15
+    assert sum(p.buckets.count for p in dur) == 20
+
+
+def test_services_are_separate_and_reused() -> None:
+    m = Metrics()
+    a = m.service("a", Resource({"service.name": "a"}))
+    assert m.service("a", Resource({"service.name": "other"})) is a
+    m.service("b", Resource({"service.name": "b"}))
+    assert [s.resource.attributes["service.name"] for s in m.snapshot()] == ["a", "b"]
+
+
+def test_to_metrics_data_is_cumulative_with_resource() -> None:
+    m = Metrics()
+    record(m.service("shop", RESOURCE), exchange())
+    m.service("idle", Resource({"service.name": "idle"}))  # nothing recorded: left out
+    data = to_metrics_data(m.snapshot(), now_ns=5)
+    [rm] = data.resource_metrics
+    assert rm.resource is RESOURCE
+    [scope] = rm.scope_metrics
+    names = [metric.name for metric in scope.metrics]
+    assert names == ["http.server.request.duration", "http.server.request.body.size",
+                     "http.server.response.body.size"]
+    hist = scope.metrics[0].data
+    assert scope.metrics[0].unit == "s" and hist.aggregation_temporality is AggregationTemporality.CUMULATIVE
+    [dp] = hist.data_points
+    assert dp.count == 1 and dp.time_unix_nano == 5 and list(dp.explicit_bounds) == list(DURATION_BOUNDS)
+    assert len(dp.bucket_counts) == len(DURATION_BOUNDS) + 1 and dp.min == dp.max == 0.02
+
+
+def test_snapshot_is_a_copy() -> None:
+    m = Metrics()
+    sm = m.service("shop", RESOURCE)
+    record(sm, exchange())
+    before = m.snapshot()
+    record(sm, exchange())
+    assert before[0].instruments[0].points[0].buckets.count == 1
+
