@@ -4,7 +4,7 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 DEB_PACKAGES = clang-16 llvm-16 libbpf-dev libbpf1 bpftool make
-TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps
+TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils
 STAMP       := $(VENV)/.installed
 PROBE_SRCS  := $(wildcard probes/*.bpf.c probes/*.h probes/Makefile)
 
@@ -36,14 +36,23 @@ $(STAMP): pyproject.toml | deps
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The Prometheus endpoint (/metrics, /healthz, /readyz) on port 9400 unless BEYLA_PROMETHEUS_PORT says otherwise.
 run: install
-	$(VENV)/bin/beyla-sidecar run
+	BEYLA_PROMETHEUS_PORT=$${BEYLA_PROMETHEUS_PORT:-9400} $(VENV)/bin/beyla-sidecar run
 
 test: install test-deps
 	$(VENV)/bin/pytest
 
-bench: install test-deps
-	$(VENV)/bin/python -m benchmarks.run
+# `make bench`: about 12 minutes; `make bench BENCH_QUICK=1` checks the harness in ~3.
+# Figures go to benchmarks/results/ (latest.md, latest.json); see benchmarks/README.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+bench: install test-deps $(BENCH_STAMP)
+	BENCH_QUICK=$(BENCH_QUICK) BENCH_ONLY=$(BENCH_ONLY) $(VENV)/bin/python -m benchmarks.run
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 clean:
 	$(MAKE) -C probes clean

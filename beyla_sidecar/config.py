@@ -78,6 +78,52 @@ def _duration_ms(raw: str) -> float:
     return value / 1000.0
 
 
+def _regex(raw: str) -> re.Pattern[str] | None:
+    if not raw.strip():
+        return None
+    try:
+        return re.compile(raw.strip())
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+
+
+def _port_ranges(raw: str) -> tuple[tuple[int, int], ...]:
+    """`80,443,8000-8999` -> ((80, 80), (443, 443), (8000, 8999))."""
+    out = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        lo, _, hi = item.partition("-")
+        if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
+            raise ValueError(f"{item!r}: expected a port or a range like 8000-8999")
+        first, last = int(lo), int(hi or lo)
+        if not 1 <= first <= last <= 65535:
+            raise ValueError(f"{item!r}: ports are 1-65535, a range low-high")
+        out.append((first, last))
+    return tuple(out)
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _route_patterns(raw: str) -> tuple[str, ...]:
+    patterns = _list(raw)
+    for p in patterns:
+        if not p.startswith("/"):
+            raise ValueError(f"{p!r}: a route pattern starts with / (e.g. /users/{{id}} or /users/:id)")
+    return patterns
+
+
+def _metric_attributes(raw: str) -> tuple[str, ...]:
+    names = _list(raw)
+    for name in names:
+        if name not in ("url.path", "client.address"):
+            raise ValueError(f"{name!r}: only url.path and client.address can be added")
+    return names
+
+
 @dataclass(frozen=True)
 class Config:
     """Configuration of `beyla-sidecar run`."""
@@ -149,10 +195,71 @@ class Config:
     k8s_daemonset_name: str = _env("BEYLA_K8S_DAEMONSET_NAME", "", "k8s.daemonset.name.")
     k8s_job_name: str = _env("BEYLA_K8S_JOB_NAME", "", "k8s.job.name.")
     k8s_cronjob_name: str = _env("BEYLA_K8S_CRONJOB_NAME", "", "k8s.cronjob.name.")
+    # --- Process selection (issue 4: discover/selection.py; enforced in the probes by allowed_pids) ---
+    executable_name: re.Pattern[str] | None = _env(
+        "BEYLA_EXECUTABLE_NAME", "",
+        "Instrument only processes whose executable's full path matches this regular expression "
+        "(searched, e.g. `nginx` or `/app/server$`). Empty: every process of the pod but the sidecar.",
+        _regex)
+    open_ports: tuple[tuple[int, int], ...] = _env(
+        "BEYLA_OPEN_PORT", "",
+        "Instrument only processes listening on one of these TCP ports: `80,443,8000-8999`. With "
+        "BEYLA_EXECUTABLE_NAME, a process must match both. Empty: no port condition.", _port_ranges)
+    # --- Metrics, Prometheus endpoint and routes (issue 3: export/metrics.py, export/prometheus.py,
+    # export/otlp_metrics.py, tracker/routes.py) ---
+    prometheus_port: int = _env(
+        "BEYLA_PROMETHEUS_PORT", "0",
+        "Port of the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`); 0 disables it. "
+        "`make run` uses 9400.", _port)
+    prometheus_address: str = _env(
+        "BEYLA_PROMETHEUS_ADDRESS", "0.0.0.0", "Address the Prometheus endpoint listens on.")
+    otlp_metrics_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "",
+        "OTLP/gRPC endpoint for metrics only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).")
+    metric_export_interval: float = _env(
+        "OTEL_METRIC_EXPORT_INTERVAL", "60000",
+        "Milliseconds between two OTLP metric exports (cumulative temporality).", _duration_ms)
+    metric_export_timeout: float = _env(
+        "OTEL_METRIC_EXPORT_TIMEOUT", "30000",
+        "Milliseconds one OTLP metric export may take, retries included.", _duration_ms)
+    metric_extra_attributes: tuple[str, ...] = _env(
+        "BEYLA_METRICS_EXTRA_ATTRIBUTES", "",
+        "Attributes added to HTTP metrics, off by default for cardinality: `url.path` and/or "
+        "`client.address` (comma-separated).", _metric_attributes)
+    routes_patterns: tuple[str, ...] = _env(
+        "BEYLA_ROUTES_PATTERNS", "",
+        "Comma-separated route patterns, `/users/{id}` or `/users/:id` (one segment each; a `*` segment "
+        "matches the rest of the path, `*` in a segment any characters); the first that matches a path "
+        "is its `http.route`.", _route_patterns)
+    routes_unmatched: str = _env(
+        "BEYLA_ROUTES_UNMATCHED", "auto",
+        "Route of paths no pattern matches: `auto` (ids, UUIDs, hex/base64 tokens, dates become "
+        "`{id}`/`{date}`), `path` (the path unchanged) or `wildcard` (`/**`).",
+        _choice("auto", "path", "wildcard"))
+    routes_max_per_service: int = _env(
+        "BEYLA_ROUTES_MAX_PER_SERVICE", "200",
+        "Distinct routes per service; further routes become `/**` and count in "
+        "beyla_sidecar_route_overflows_total.", _positive_int)
+    routes_ignore: tuple[str, ...] = _env(
+        "BEYLA_ROUTES_IGNORE", "",
+        "Comma-separated path patterns (same syntax as BEYLA_ROUTES_PATTERNS) left out of telemetry, "
+        "e.g. `/healthz,/readyz,/metrics`.", _route_patterns)
+    routes_ignore_mode: str = _env(
+        "BEYLA_ROUTES_IGNORE_MODE", "all",
+        "What BEYLA_ROUTES_IGNORE paths are left out of: `all`, `metrics` or `traces`.",
+        _choice("all", "metrics", "traces"))
+    span_queue_size: int = _env(
+        "OTEL_BSP_MAX_QUEUE_SIZE", "2048",
+        "Spans queued per exporter; when full, new spans are dropped and counted in "
+        "beyla_sidecar_spans_dropped_total.", _positive_int)
 
     @property
     def traces_endpoint(self) -> str:
         return self.otlp_traces_endpoint or self.otlp_endpoint
+
+    @property
+    def metrics_endpoint(self) -> str:
+        return self.otlp_metrics_endpoint or self.otlp_endpoint
 
     @property
     def printer(self) -> str:
@@ -206,10 +313,6 @@ def _capabilities(raw: str) -> tuple[str, ...]:
         if cap not in caps:
             caps.append(cap)
     return tuple(caps)
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 
 def _pull_policy(raw: str) -> str:
@@ -284,7 +387,7 @@ class WebhookConfig:
         _choice("", "text", "json", "disabled"))
     exclude_namespaces: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_EXCLUDE_NAMESPACES", "kube-system",
-        "Namespaces never injected, whatever the selectors say (comma-separated).", _names)
+        "Namespaces never injected, whatever the selectors say (comma-separated).", _list)
     max_body_bytes: int = _env(
         "BEYLA_WEBHOOK_MAX_BODY_BYTES", "3145728",
         "Largest AdmissionReview accepted (bigger: 413). Kubernetes objects are at most ~1.5 MiB.", _positive_int)

@@ -8,24 +8,35 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
+import psutil
 import structlog
 from opentelemetry.sdk.resources import Resource
 
-from .bpf.events import decode
+from .bpf.events import PROCESS_EVENTS, Event, EventType, decode
 from .bpf.loader import Probes
 from .config import Config
+from .discover.lifecycle import Discovery
 from .discover.processes import ProcessTable
+from .discover.selection import Selector
+from .export import selfmetrics
+from .export.metrics import Metrics, ServiceMetrics, to_metrics_data
+from .export.otlp_metrics import MetricPush
+from .export.prometheus import PrometheusServer, exposition
 from .export.resource import ResourceFactory
 from .export.spans import Clock, to_span
 from .export.traces import TraceExport
 from .protocols import all_protocols
 from .tracker.connections import Tracker
 from .tracker.exchange import Exchange
+from .tracker.routes import Drop, Routes
 
 HOST_PID_NAMESPACE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the initial PID namespace's inode, fixed by the kernel
 HOUSEKEEPING_SECONDS = 5.0
+KERNEL_COUNTERS_SECONDS = 1.0  # how fresh the scraped kernel loss counters are
+IGNORE_MODES = {"all": Drop.ALL, "metrics": Drop.METRICS, "traces": Drop.TRACES}
 
 log = structlog.get_logger()
 
@@ -48,6 +59,16 @@ class PipelineStats:
     records: int = 0
     malformed_records: int = 0
     own_records: int = 0  # the sidecar's own traffic (its exporters), dropped
+    kernel_counters: dict[str, int] = field(default_factory=dict)  # Probes.counters(), refreshed each second
+
+
+@dataclass(slots=True)
+class _Target:
+    """What the pipeline keeps per instrumented process."""
+
+    resource: Resource
+    service: str
+    metrics: ServiceMetrics | None
 
 
 class Pipeline:
@@ -57,14 +78,24 @@ class Pipeline:
         self.clock = Clock()
         self.processes = ProcessTable()
         self.resources = ResourceFactory(cfg)
-        self._resource_by_pid: dict[int, Resource] = {}
+        self._targets: dict[int, _Target] = {}
         self.export = TraceExport(cfg)
-        self.tracker = Tracker(all_protocols(), self._on_exchange)
+        self.routes = Routes(cfg.routes_patterns, cfg.routes_unmatched, cfg.routes_max_per_service,
+                             cfg.routes_ignore, IGNORE_MODES[cfg.routes_ignore_mode])
+        # Aggregating costs per request: only when some exporter will read the metrics.
+        self.metrics = (Metrics(cfg.metric_extra_attributes)
+                        if cfg.prometheus_port or cfg.metrics_endpoint else None)
+        self._metric_push: MetricPush | None = None
+        self._me = psutil.Process()
+        protocols = all_protocols()
+        self._protocol_names = tuple(p.name for p in protocols)
+        self.tracker = Tracker(protocols, self._on_exchange)
         self.target_ns = target_pid_namespace(cfg.pid_namespace)
         # In our own namespace the events' ns_pid is what our /proc shows and what
         # identifies our own process; elsewhere only the host pid is meaningful here.
         self._same_ns = self.target_ns == own_pid_namespace()
         self._self_pid = os.getpid()
+        self.discovery = Discovery(Selector(cfg.executable_name, cfg.open_ports), self.target_ns, self._self_pid)
         self.ready = threading.Event()
 
     def on_record(self, record: bytes | memoryview) -> None:
@@ -77,39 +108,124 @@ class Pipeline:
         if self._same_ns and pid == self._self_pid:
             self.stats.own_records += 1
             return
-        self.processes.get(pid, ev.comm)  # now: a short-lived client may be gone by its span
+        if ev.type in PROCESS_EVENTS:
+            self._process_event(ev, pid)
+            return
+        if ev.type is not EventType.CONN_CLOSE:  # a close may come after the exit: no re-entry
+            self.processes.get(pid, ev.comm)  # now: a short-lived client may be gone by its span
         self.tracker.handle(ev)
+
+    def _process_event(self, ev: Event, pid: int) -> None:
+        self.discovery.handle(ev, pid)
+        if ev.type is EventType.PROCESS_EXIT:  # nothing of it stays: its spans first, then its state
+            self.tracker.forget_process(ev.pid, ev.ts_ns)
+            self.processes.forget(pid)
+            self._targets.pop(pid, None)
 
     def _on_exchange(self, ex: Exchange) -> None:
         pid = ex.ns_pid if self._same_ns else ex.pid
-        resource = self._resource_by_pid.get(pid)
-        if resource is None:
-            resource = self._resource_by_pid[pid] = self.resources.create(pid, self.processes.get(pid))
-        self.export.submit(to_span(ex, resource, self.clock, self.cfg.include_query))
+        target = self._targets.get(pid)
+        if target is None:
+            target = self._targets[pid] = self._target(pid)
+        path = ex.protocol.path(ex.request)
+        drop = self.routes.dropped(path)
+        if drop is Drop.ALL:
+            return
+        route = self.routes.route(target.service, path)
+        desc = ex.protocol.describe(ex.request, ex.response, ex.kind, self.cfg.include_query, route=route,
+                                      tls=ex.tls)
+        if target.metrics is not None and not drop & Drop.METRICS:
+            target.metrics.record(ex, desc, route)
+        if not drop & Drop.TRACES:
+            self.export.submit(to_span(ex, desc, target.resource, self.clock))
+
+    def _target(self, pid: int) -> _Target:
+        proc = self.processes.get(pid)
+        service = self.resources.service_name(proc)
+        metrics = self.metrics.service(service, self.resources.service(service)) if self.metrics else None
+        return _Target(self.resources.create(pid, proc), service, metrics)
+
+    def self_stats(self) -> selfmetrics.SelfStats:
+        """The sidecar's own counters; read from the scrape thread (plain ints and dict copies)."""
+        t = self.tracker.stats
+        spans = self.export.stats
+        push = self._metric_push
+        return selfmetrics.SelfStats(
+            events_read=self.stats.records,
+            events_lost=self.stats.kernel_counters.get("ringbuf_drops", 0),
+            kernel_read_failures=self.stats.kernel_counters.get("read_fails", 0),
+            bytes_read=t.bytes,
+            parse_failures={name: t.parse_failures.get(name, 0) for name in self._protocol_names},
+            requests_completed=t.exchanges,
+            spans_exported={k: v.exported for k, v in spans.items()},
+            spans_failed={k: v.failed for k, v in spans.items()},
+            spans_dropped={k: v.dropped for k, v in spans.items()},
+            metric_exports=push.exports if push else 0,
+            metric_exports_failed=push.failures if push else 0,
+            instrumented_processes=self.discovery.instrumented_processes,
+            tls_libraries=self.discovery.tls_files,
+            unsupported_tls=dict(self.discovery.stats.unsupported_tls),
+            probe_attach_failures=self.discovery.stats.attach_failures,
+            route_overflows=dict(self.routes.overflows),
+        )
+
+    def scrape(self) -> str:
+        """The Prometheus exposition: HTTP metrics, target_info, beyla_sidecar_* self-metrics."""
+        snapshots = self.metrics.snapshot() if self.metrics is not None else []
+        return exposition(snapshots, selfmetrics.families(self.self_stats(), self._me))
+
+    def _start_exporters(self, cleanup: ExitStack) -> None:
+        """The Prometheus endpoint and the OTLP metric push, stopped by `cleanup`."""
+        if self.cfg.prometheus_port:
+            server = PrometheusServer(self.cfg.prometheus_address, self.cfg.prometheus_port,
+                                      self.scrape, self.ready.is_set)
+            server.start()
+            cleanup.callback(server.stop)
+        if self.metrics is not None and self.cfg.metrics_endpoint:
+            metrics = self.metrics
+            push = self._metric_push = MetricPush(lambda: to_metrics_data(metrics.snapshot()),
+                                                  self.cfg.metric_export_interval, self.cfg.metric_export_timeout,
+                                                  self.cfg.metrics_endpoint)
+            push.start()
+            cleanup.callback(push.stop)
 
     def housekeeping(self) -> None:
         self.clock.sync()
+        self.discovery.sweep()
         for pid in self.processes.prune():
-            self._resource_by_pid.pop(pid, None)
+            self._targets.pop(pid, None)
 
     def run(self, stop: threading.Event) -> None:
         """Attach the probes and process events until `stop` is set; always detaches."""
-        with Probes(capture_size=self.cfg.capture_size, ringbuf_size=self.cfg.ringbuf_size,
-                    strategy=self.cfg.attach_strategy) as probes:
-            probes.allow_pid_namespace(self.target_ns)
-            log.info("instrumentation ready", strategy=probes.strategy, pid_namespace=self.target_ns,
-                     exporters=self.export.destinations, capture_size=self.cfg.capture_size)
-            self.ready.set()
-            timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
-            next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-            while not stop.is_set():
-                probes.poll(timeout_ms, self.on_record)
-                if time.monotonic() >= next_housekeeping:
-                    self.housekeeping()
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-            probes.consume(self.on_record)
-        self.export.flush()
-        self.export.shutdown()
+        with ExitStack() as cleanup:
+            self._start_exporters(cleanup)  # first, so /healthz answers while probes load
+            with Probes(capture_size=self.cfg.capture_size, ringbuf_size=self.cfg.ringbuf_size,
+                        strategy=self.cfg.attach_strategy,
+                        filter_pids=self.discovery.selector.filters) as probes:
+                probes.allow_pid_namespace(self.target_ns)
+                self.discovery.start(probes)
+                log.info("instrumentation ready", strategy=probes.strategy, pid_namespace=self.target_ns,
+                         exporters=self.export.destinations, capture_size=self.cfg.capture_size,
+                         prometheus_port=self.cfg.prometheus_port or None,
+                         metrics_endpoint=self.cfg.metrics_endpoint or None)
+                self.ready.set()
+                timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+                next_counters = 0.0
+                while not stop.is_set():
+                    probes.poll(timeout_ms, self.on_record)
+                    self.discovery.flush()
+                    now = time.monotonic()
+                    if now >= next_counters:
+                        self.stats.kernel_counters = probes.counters()
+                        next_counters = now + KERNEL_COUNTERS_SECONDS
+                    if now >= next_housekeeping:
+                        self.housekeeping()
+                        next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+                probes.consume(self.on_record)
+                self.stats.kernel_counters = probes.counters()
+            self.export.flush()
+            self.export.shutdown()
         log.info("stopped", records=self.stats.records, exchanges=self.tracker.stats.exchanges,
                  malformed_records=self.stats.malformed_records,
                  parse_failures=self.tracker.stats.parse_failures)

@@ -36,3 +36,18 @@ def test_every_variable_is_documented() -> None:
     rows = describe(Config)
     assert len({name for name, _, _ in rows}) == len(rows)
     assert all(doc.strip() for _, _, doc in rows)
+
+
+def test_metrics_and_routes_settings() -> None:
+    cfg = load(Config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317",
+                        "BEYLA_ROUTES_PATTERNS": " /users/{id} , /items/:sku,",
+                        "BEYLA_METRICS_EXTRA_ATTRIBUTES": "url.path",
+                        "OTEL_METRIC_EXPORT_INTERVAL": "1500"})
+    assert cfg.metrics_endpoint == "http://a:4317" and cfg.metric_export_interval == 1.5
+    assert cfg.routes_patterns == ("/users/{id}", "/items/:sku")
+    assert cfg.metric_extra_attributes == ("url.path",)
+    assert load(Config, {}).prometheus_port == 0  # no port taken unless asked (make run asks for 9400)
+    for name, value in (("BEYLA_ROUTES_PATTERNS", "users/{id}"), ("BEYLA_METRICS_EXTRA_ATTRIBUTES", "user.id"),
+                        ("BEYLA_ROUTES_IGNORE_MODE", "logs"), ("BEYLA_PROMETHEUS_PORT", "70000")):
+        with pytest.raises(ConfigError, match=f"^{name}="):
+            load(Config, {name: value})

@@ -91,10 +91,16 @@ class Protocol(ABC):
     def new_stream(self, is_request_side: bool) -> Stream:
         """A parser for one direction: requests if `is_request_side`, else responses."""
 
+    def path(self, request: Message) -> str | None:
+        """The URL path of a request, which route grouping turns into `route`; None: no paths."""
+        return None
+
     @abstractmethod
     def describe(self, request: Message, response: Message | None, kind: SpanKind,
-                 with_query: bool) -> SpanDescription:
+                 with_query: bool, *, route: str | None = None, tls: bool = False) -> SpanDescription:
         """Span name, semantic-convention attributes and error for one exchange.
 
-        `response` is None when the connection closed before a response came.
+        `response` is None when the connection closed before a response came; `route` is
+        the low-cardinality template of `path(request)` (tracker/routes.py), if any; `tls`
+        says the exchange went over TLS (seen as plaintext by the TLS library probes).
         """

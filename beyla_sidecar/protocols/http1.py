@@ -531,9 +531,10 @@ class HttpStream(Stream):
         return _status_line(data, 0, e) is not None
 
 
-def span_name(method: str, path: str) -> str:
-    """Span name of an exchange (the one place to change once routes are grouped)."""
-    return f"{method if method in KNOWN_METHODS else 'HTTP'} {path}"
+def span_name(method: str, route: str | None) -> str:
+    """`METHOD route`, or `METHOD` alone without a route (never the raw path: cardinality)."""
+    name = method if method in KNOWN_METHODS else "HTTP"
+    return f"{name} {route}" if route else name
 
 
 def _host_only(host: str) -> str:
@@ -545,7 +546,7 @@ def _host_only(host: str) -> str:
 
 
 class HTTP1(Protocol):
-    """HTTP/1.0 and HTTP/1.1 over plain TCP."""
+    """HTTP/1.0 and HTTP/1.1, over plain TCP or TLS (plaintext from the TLS library probes)."""
 
     name = "http"
 
@@ -557,12 +558,15 @@ class HTTP1(Protocol):
     def new_stream(self, is_request_side: bool) -> HttpStream:
         return HttpStream(is_request_side)
 
+    def path(self, request: Message) -> str | None:
+        return getattr(request, "path", None) or None
+
     def describe(self, request: Message, response: Message | None, kind: SpanKind,
-                 with_query: bool) -> SpanDescription:
+                 with_query: bool, *, route: str | None = None, tls: bool = False) -> SpanDescription:
         """OpenTelemetry HTTP semantic conventions.
 
         Unknown methods are `_OTHER` (original in `http.request.method_original`) and
-        name the span `HTTP <path>`. Errors: 5xx on SERVER, 4xx and 5xx on CLIENT give
+        name the span `HTTP <route>`. Errors: 5xx on SERVER, 4xx and 5xx on CLIENT give
         `error.type` = the status code; no response at all gives `incomplete`.
         Body sizes are wire bytes after the head (see the module doc), when non-zero.
         """
@@ -575,10 +579,12 @@ class HTTP1(Protocol):
             attrs["http.request.method"] = "_OTHER"
             attrs["http.request.method_original"] = method
         attrs["url.path"] = path
+        if route:
+            attrs["http.route"] = route
         query = getattr(request, "query", "")
         if with_query and query:
             attrs["url.query"] = query
-        attrs["url.scheme"] = "http"
+        attrs["url.scheme"] = "https" if tls else "http"
         attrs["network.protocol.version"] = getattr(request, "version", "") or "1.1"
         if request.size:
             attrs["http.request.body.size"] = request.size
@@ -597,4 +603,4 @@ class HTTP1(Protocol):
                 attrs["http.response.body.size"] = response.size
             if status >= 500 or (status >= 400 and kind is SpanKind.CLIENT):
                 error_type = str(status)
-        return SpanDescription(span_name(method, path), attrs, error_type)
+        return SpanDescription(span_name(method, route), attrs, error_type)

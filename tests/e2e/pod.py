@@ -86,8 +86,11 @@ class Pod:
         raise RuntimeError(f"nsenter {proc.pid} has no child")
 
     def close(self) -> None:
-        # unshare --kill-child takes the namespace's init with it, and the kernel then kills
-        # everything else inside; what is left are nsenter parents and outside processes.
+        # Killing the namespace's init makes the kernel kill everything else inside (a
+        # namespace init ignores SIGTERM); what is left are nsenter parents and outside processes.
+        init = self.init_pid
+        if init is not None:
+            os.kill(init, signal.SIGKILL)
         for proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()

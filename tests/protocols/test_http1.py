@@ -556,12 +556,13 @@ def _pair(req_wire: bytes, resp_wire: bytes | None) -> tuple:
 def test_describe_server_span():
     req, resp = _pair(b"POST /orders?id=7 HTTP/1.1\r\nHost: shop:8080\r\nContent-Length: 3\r\n\r\nabc",
                       b"HTTP/1.1 201 Created\r\nContent-Length: 12\r\n\r\n{\"id\": \"7\"}\n")
-    d = HTTP1().describe(req, resp, SpanKind.SERVER, with_query=False)
+    d = HTTP1().describe(req, resp, SpanKind.SERVER, with_query=False, route="/orders")
     assert d.name == "POST /orders"
     assert d.error_type is None
     assert d.attributes == {
         "http.request.method": "POST",
         "url.path": "/orders",
+        "http.route": "/orders",
         "url.scheme": "http",
         "network.protocol.version": "1.1",
         "http.request.body.size": 3,
@@ -582,7 +583,7 @@ def test_describe_client_span_with_host():
     req, resp = _pair(b"GET /v1/items HTTP/1.0\r\nHost: api.example.com:8443\r\n\r\n",
                       b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
     d = HTTP1().describe(req, resp, SpanKind.CLIENT, with_query=True)
-    assert d.name == "GET /v1/items" and d.error_type is None
+    assert d.name == "GET" and d.error_type is None  # no route: the method alone
     assert d.attributes == {
         "http.request.method": "GET",
         "url.path": "/v1/items",
@@ -623,11 +624,13 @@ def test_describe_incomplete():
 
 def test_describe_unknown_method():
     req, resp = _pair(b"PROPFIND /dav/ HTTP/1.1\r\n\r\n", b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n")
-    d = HTTP1().describe(req, resp, SpanKind.SERVER, False)
+    d = HTTP1().describe(req, resp, SpanKind.SERVER, False, route="/dav/")
     assert d.name == "HTTP /dav/"
     assert d.attributes["http.request.method"] == "_OTHER"
     assert d.attributes["http.request.method_original"] == "PROPFIND"
-    assert span_name("GET", "/a") == "GET /a"
+    assert span_name("GET", "/a/{id}") == "GET /a/{id}"
+    assert span_name("GET", None) == "GET"
+    assert HTTP1().path(req) == "/dav/"
 
 
 def test_chunked_terminator_crlf_beyond_capture_completes():
