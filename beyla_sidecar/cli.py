@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 import structlog
 
 from . import __version__
 from .config import Config, ConfigError, describe, load
 from .log import configure
+from .signals import stop_on_signals
 
 log = structlog.get_logger()
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal received, detaching", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 def cmd_run(cfg: Config) -> int:
@@ -33,7 +20,7 @@ def cmd_run(cfg: Config) -> int:
     from .pipeline import Pipeline
 
     try:
-        Pipeline(cfg).run(_stop_on_signals())
+        Pipeline(cfg).run(stop_on_signals("detaching"))
     except BpfError as exc:
         log.error("cannot instrument", error=str(exc))
         return 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import socket
 import socketserver
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import structlog
 
 from ..config import WebhookConfig
+from ..signals import stop_on_signals
 from . import cabundle, certs, injection
 
 log = structlog.get_logger()
@@ -371,14 +371,7 @@ def serve(cfg: WebhookConfig) -> int:
         log.error("cannot listen", address=cfg.address, port=cfg.port, error=str(exc))
         return 1
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received, stopping the webhook", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("stopping the webhook")
 
     if ca_pem is None:
         server.ready.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ..kernel import bpf_prog_ids, loaded_programs
+from .nginx import start_nginx
 from .pod import APPS, Pod, free_port, wait_port
 
 pytestmark = pytest.mark.bpf
@@ -19,44 +19,12 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 INDEX = b"<h1>nginx in the pod</h1>\n" * 50
 
-NGINX_CONF = """
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {tmp}/www;
-    }}
-}}
-"""
 
 
 def start_python_server(pod: Pod, port: int, inside: bool, service: str) -> None:
     env = {"OTEL_SERVICE_NAME": service, "PATH": "/usr/bin:/bin"}
     pod.spawn([sys.executable, str(APPS / "server.py"), str(port)], inside=inside, env=env,
               stdout=subprocess.DEVNULL)
-    wait_port(port)
-
-
-def start_nginx(pod: Pod, port: int) -> None:
-    tmp = pod.tmp / "nginx"
-    (tmp / "www").mkdir(parents=True)
-    (tmp / "www" / "index.html").write_bytes(INDEX)
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
-    pod.spawn(["nginx", "-c", str(conf)], inside=True)
     wait_port(port)
 
 
@@ -74,7 +42,7 @@ def by_kind(spans: list[dict], kind: str, port: int) -> list[dict]:
 def test_http_spans_inside_pod_only(pod: Pod, start_sidecar, tmp_path: Path) -> None:
     app, web, outside = free_port(), free_port(), free_port()
     start_python_server(pod, app, inside=True, service="inside-app")
-    start_nginx(pod, web)
+    start_nginx(pod, web, {"index.html": INDEX})
     start_python_server(pod, outside, inside=False, service="outside-app")
     sidecar = start_sidecar()
 

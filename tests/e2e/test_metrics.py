@@ -14,7 +14,8 @@ import pytest
 from .otlp_metrics_receiver import MetricsReceiver
 from .pod import Pod, free_port
 from .prometheus_server import Prometheus, available
-from .test_http import start_nginx, start_python_server
+from .nginx import start_nginx
+from .test_http import start_python_server
 
 pytestmark = pytest.mark.bpf
 

@@ -20,34 +20,13 @@ from beyla_sidecar.config import Config, load
 from beyla_sidecar.pipeline import Pipeline
 
 from ..kernel import bpf_map_entries
-from .pod import APPS, Pod, free_port, wait_port
+from .nginx import start_nginx
+from .pod import APPS, Pod, free_port
 
 pytestmark = pytest.mark.bpf
 
 INDEX = b"<h1>nginx over TLS</h1>\n" * 40
-NGINX_TLS_CONF = """
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {tmp}/www;
-    }}
-}}
-"""
+FILES = {"index.html": INDEX, "hello": b"hello\n"}
 # Hash maps whose entries belong to processes, threads or sockets (not configuration).
 STATE_MAPS = ("conns", "connect_fds", "send_bufs", "recv_bufs", "ssl_calls", "ssl_socks")
 
@@ -73,17 +52,6 @@ def start_tls_server(pod: Pod, cert: tuple[Path, Path, Path], port: int, inside:
     assert proc.stdout is not None and proc.stdout.readline() == b"listening\n"
 
 
-def start_nginx_tls(pod: Pod, cert: tuple[Path, Path, Path], port: int) -> None:
-    tmp = pod.tmp / "nginx"
-    (tmp / "www").mkdir(parents=True)
-    (tmp / "www" / "index.html").write_bytes(INDEX)
-    (tmp / "www" / "hello").write_bytes(b"hello\n")
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_TLS_CONF.format(tmp=tmp, port=port, cert=cert[0], key=cert[1]))
-    pod.spawn(["nginx", "-c", str(conf)])
-    wait_port(port)  # a plain connect: a failed handshake, no request
-
-
 def curl(pod: Pod, url: str, inside: bool = True) -> bytes:
     return pod.run(["curl", "-sSk", "-o", "-", url], inside=inside).stdout
 
@@ -106,7 +74,7 @@ def method_path_status(spans: list[dict]) -> collections.Counter:
 def test_https_spans_inside_pod_only(pod: Pod, start_sidecar, cert) -> None:
     app, web, outside = free_port(), free_port(), free_port()
     start_tls_server(pod, cert, app)
-    start_nginx_tls(pod, cert, web)
+    start_nginx(pod, web, FILES, tls=cert[:2])
     start_tls_server(pod, cert, outside, inside=False, service="outside-app")
     sidecar = start_sidecar()
 
@@ -157,7 +125,7 @@ def test_server_started_after_the_sidecar_is_traced_within_a_second(pod: Pod, st
     sidecar = start_sidecar()  # nothing in the pod maps libssl yet
     app, web = free_port(), free_port()
     start_tls_server(pod, cert, app)
-    start_nginx_tls(pod, cert, web)  # master and a worker forked after the sidecar
+    start_nginx(pod, web, FILES, tls=cert[:2])  # master and a worker forked after the sidecar
     for port, path in ((app, "/hello"), (web, "/index.html")):
         curl(pod, f"https://127.0.0.1:{port}{path}")
         done = time.monotonic()
@@ -286,7 +254,7 @@ def test_a_thousand_short_lived_processes_leave_nothing_behind(pod: Pod, in_proc
 def test_executable_name_and_open_port_select_processes(pod: Pod, in_process, cert) -> None:
     app, web = free_port(), free_port()
     start_tls_server(pod, cert, app)
-    start_nginx_tls(pod, cert, web)
+    start_nginx(pod, web, FILES, tls=cert[:2])
     by_name = InProcessSidecar(pod, BEYLA_EXECUTABLE_NAME="/nginx$")
     in_process.append(by_name)
     assert by_name.pipeline.discovery.instrumented_processes == 2  # master and worker
