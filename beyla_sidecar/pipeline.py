@@ -15,7 +15,7 @@ import psutil
 import structlog
 from opentelemetry.sdk.resources import Resource
 
-from .bpf.events import PROCESS_EVENTS, Event, EventType, decode
+from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType
 from .bpf.loader import Probes
 from .config import Config
 from .discover.lifecycle import Discovery
@@ -75,6 +75,7 @@ class Pipeline:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stats = PipelineStats()
+        self._decode = Decoder().decode
         self.clock = Clock()
         self.processes = ProcessTable()
         self.resources = ResourceFactory(cfg)
@@ -100,7 +101,7 @@ class Pipeline:
 
     def on_record(self, record: bytes | memoryview) -> None:
         self.stats.records += 1
-        ev = decode(record)
+        ev = self._decode(record)
         if ev is None:
             self.stats.malformed_records += 1
             return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from beyla_sidecar.bpf.events import Event, decode
+from beyla_sidecar.bpf.events import Decoder, Event
 from beyla_sidecar.bpf.loader import Probes
 
 
@@ -74,9 +74,10 @@ def collect(probes: Probes, done: Callable[[list[Event]], bool], wait_s: float =
     """Drain the ring buffer until done(events) or wait_s passed; then drain once more so
     that any unexpected extra record is seen too."""
     events: list[Event] = []
+    decoder = Decoder()
 
     def keep(record: bytes) -> None:
-        event = decode(record)
+        event = decoder.decode(record)
         assert event is not None, record
         events.append(event)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from beyla_sidecar.bpf.events import (HEADER, HEADER_SIZE, MAX_CAPTURE, PROCESS_EVENTS, Direction, EventType,
-                                      Role, decode)
+from beyla_sidecar.bpf.events import (HEADER, HEADER_SIZE, MAX_CAPTURE, PROCESS_EVENTS, Decoder, Direction,
+                                      EventType, Role)
 
 PROBES = Path(__file__).resolve().parents[2] / "probes"
 
@@ -54,7 +54,7 @@ def record(etype: int = 1, cap: int = 5, payload: bytes = b"hello", family: int 
 
 
 def test_decode_data_record() -> None:
-    ev = decode(record())
+    ev = Decoder().decode(record())
     assert ev is not None
     assert (ev.type, ev.direction, ev.role) == (EventType.DATA, Direction.RECV, Role.SERVER)
     assert (ev.ts_ns, ev.sock_id, ev.pid, ev.tid, ev.ns_pid, ev.ns_tid, ev.bytes) == (123, 0xFFFF8881, 1000, 1001,
@@ -64,10 +64,10 @@ def test_decode_data_record() -> None:
 
 
 def test_decode_tls_plaintext_and_process_events() -> None:
-    ev = decode(record(flags=1))
+    ev = Decoder().decode(record(flags=1))
     assert ev is not None and ev.tls and ev.type is EventType.DATA
     for etype in EventType:
-        ev = decode(record(etype=etype, cap=0, payload=b""))
+        ev = Decoder().decode(record(etype=etype, cap=0, payload=b""))
         assert ev is not None and ev.type is etype
     assert PROCESS_EVENTS == {e for e in EventType if e.name.startswith("PROCESS_")}
 
@@ -76,19 +76,31 @@ def test_decode_ipv6_and_v4_mapped() -> None:
     raw = bytearray(record(family=socket.AF_INET6))
     raw[48:64] = socket.inet_pton(socket.AF_INET6, "fd00::1")
     raw[64:80] = socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.9")
-    ev = decode(bytes(raw))
+    ev = Decoder().decode(bytes(raw))
     assert ev is not None and ev.tuple.local_addr == "fd00::1" and ev.tuple.remote_addr == "10.0.0.9"
 
 
 @pytest.mark.parametrize("raw", [b"", b"\0" * 50, record(etype=9), record(direction=5), record(role=7)])
 def test_malformed_records_are_rejected(raw: bytes) -> None:
-    assert decode(raw) is None
+    assert Decoder().decode(raw) is None
 
 
 def test_capture_len_beyond_the_record_is_clamped() -> None:
-    ev = decode(record(cap=500, payload=b"abc"))
+    ev = Decoder().decode(record(cap=500, payload=b"abc"))
     assert ev is not None and ev.payload == b"abc"
 
 
 def test_header_struct_is_little_endian_and_unpadded() -> None:
     assert HEADER.format.startswith("<") and struct.calcsize(HEADER.format) == HEADER_SIZE
+
+
+def test_decoder_caches_stay_bounded() -> None:
+    from beyla_sidecar.bpf.events import CACHE_LIMIT
+
+    decoder = Decoder()
+    for i in range(CACHE_LIMIT * 2):
+        raw = bytearray(record())
+        raw[64:68] = i.to_bytes(4, "big")  # remote address: a new one each time
+        ev = decoder.decode(bytes(raw))
+        assert ev is not None and ev.tuple.remote_addr == socket.inet_ntop(socket.AF_INET, i.to_bytes(4, "big"))
+    assert len(decoder._addrs) <= CACHE_LIMIT
