@@ -10,7 +10,7 @@ import structlog
 from . import __version__
 from .config import Config, ConfigError, describe, load
 from .log import configure
-from .signals import stop_on_signals
+from .signals import StopSignal
 
 log = structlog.get_logger()
 
@@ -20,7 +20,9 @@ def cmd_run(cfg: Config) -> int:
     from .pipeline import Pipeline
 
     try:
-        Pipeline(cfg).run(stop_on_signals("detaching"))
+        stop = StopSignal()
+        Pipeline(cfg).run(stop)
+        log.info("detached", signal=stop.received)
     except BpfError as exc:
         log.error("cannot instrument", error=str(exc))
         return 1

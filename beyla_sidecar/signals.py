@@ -5,19 +5,18 @@ from __future__ import annotations
 import signal
 import threading
 
-import structlog
 
-log = structlog.get_logger()
+class StopSignal(threading.Event):
+    """Set by SIGTERM or SIGINT. The handler only records and sets: it may interrupt the main
+    thread inside a log write, and logging from it would wait forever on the logger's lock."""
 
+    def __init__(self) -> None:  # call from the main thread
+        super().__init__()
+        self.received: str | None = None
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
-def stop_on_signals(what: str) -> threading.Event:
-    """An event set by SIGTERM or SIGINT; install from the main thread."""
-    stop = threading.Event()
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = signal.Signals(signum).name
+        self.set()
 
-    def handler(signum: int, _frame: object) -> None:
-        log.info(f"signal received, {what}", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from ..config import WebhookConfig
-from ..signals import stop_on_signals
+from ..signals import StopSignal
 from . import cabundle, certs, injection
 
 log = structlog.get_logger()
@@ -371,7 +371,7 @@ def serve(cfg: WebhookConfig) -> int:
         log.error("cannot listen", address=cfg.address, port=cfg.port, error=str(exc))
         return 1
 
-    stop = stop_on_signals("stopping the webhook")
+    stop = StopSignal()
 
     if ca_pem is None:
         server.ready.set()
@@ -389,5 +389,5 @@ def serve(cfg: WebhookConfig) -> int:
     while not stop.wait(1.0):
         pass
     server.stop()
-    log.info("webhook stopped")
+    log.info("webhook stopped", signal=stop.received)
     return 0
