@@ -57,18 +57,36 @@ struct cur_task {
 	__u32 level;      /* depth of the task's PID namespace */
 };
 
+/* Inode of the PID namespace at `level` of pid. Direct loads through BTF pointers
+ * (a faulting load reads 0) cost far less than one bpf_probe_read_kernel per field,
+ * and this runs for every hooked syscall of the node. The verifier accepts only
+ * constant offsets into the flexible numbers[] array: hence the switch over the
+ * usual nesting depths (host 0, pod 1, pod in a nested container runtime 2..3). */
+static __always_inline __u32 pidns_inum(struct pid *pid, __u32 level)
+{
+	switch (level) {
+	case 0:
+		return pid->numbers[0].ns->ns.inum;
+	case 1:
+		return pid->numbers[1].ns->ns.inum;
+	case 2:
+		return pid->numbers[2].ns->ns.inum;
+	case 3:
+		return pid->numbers[3].ns->ns.inum;
+	default:
+		return BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+	}
+}
+
 /* Process-context gate: true when the current task's PID namespace (the one
  * it was created in: thread_pid, not nsproxy->pid_ns_for_children, which is
  * wrong after unshare) is in pid_ns_filter. Reads only what the check needs. */
 static __always_inline bool current_filtered(struct cur_task *cur)
 {
-	/* Locals only inside BPF_CORE_READ: a member of our own struct there
-	 * would become a CO-RE relocation against a type the kernel lacks. */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct pid *pid = BPF_CORE_READ(task, thread_pid);
-	__u32 level = BPF_CORE_READ(pid, level);
-	struct pid_namespace *ns = BPF_CORE_READ(pid, numbers[level].ns);
-	__u32 inum = BPF_CORE_READ(ns, ns.inum);
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pid *pid = task->thread_pid;
+	__u32 level = pid->level;
+	__u32 inum = pidns_inum(pid, level);
 
 	cur->task = task;
 	cur->pid = pid;
