@@ -53,8 +53,19 @@ class _Counting(SpanExporter):
 def _otlp(endpoint: str) -> SpanExporter:
     # Imported lazily: grpc start-up costs ~100 ms and only OTLP users need it.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    return OTLPSpanExporter(endpoint=endpoint)
+    from .otlp_encode import SpanEncoder
+
+    class Exporter(OTLPSpanExporter):
+        """The SDK's exporter (retries, headers, TLS, compression) with the direct encoder."""
+
+        _encoder = SpanEncoder()
+
+        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+            return ExportTraceServiceRequest.FromString(self._encoder.encode(data))
+
+    return Exporter(endpoint=endpoint)
 
 
 class TraceExport:
