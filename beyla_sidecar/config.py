@@ -385,6 +385,11 @@ class WebhookConfig:
     sidecar_trace_printer: str = _env(
         "BEYLA_WEBHOOK_SIDECAR_TRACE_PRINTER", "", "BEYLA_TRACE_PRINTER given to sidecars (empty: their default).",
         _choice("", "text", "json", "disabled"))
+    sidecar_prometheus_port: int = _env(
+        "BEYLA_WEBHOOK_SIDECAR_PROMETHEUS_PORT", "0",
+        "BEYLA_PROMETHEUS_PORT given to sidecars, with a named container port `beyla-metrics` and a "
+        "liveness probe on /healthz (0: none). It must not clash with the app's ports: the pod "
+        "shares one network namespace.", _port)
     exclude_namespaces: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_EXCLUDE_NAMESPACES", "kube-system",
         "Namespaces never injected, whatever the selectors say (comma-separated).", _list)

@@ -25,6 +25,7 @@ INJECT_ANNOTATION = "beyla-sidecar.io/inject"
 STATUS_ANNOTATION = "beyla-sidecar.io/status"
 NAMESPACE_LABEL = "beyla-sidecar.io/inject"  # value `enabled` (opt in) or `disabled` (never)
 TRACEFS_VOLUME = "beyla-sidecar-tracefs"
+METRICS_PORT_NAME = "beyla-metrics"
 TMP_VOLUME = "beyla-sidecar-tmp"
 RESOURCE_ANNOTATION_PREFIX = "resource.opentelemetry.io/"
 
@@ -199,6 +200,12 @@ def sidecar_container(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -
         "runAsNonRoot": False,
         "capabilities": {"drop": ["ALL"], "add": list(cfg.sidecar_capabilities)},
     }
+    if cfg.sidecar_prometheus_port:
+        container["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": cfg.sidecar_prometheus_port,
+                               "protocol": "TCP"}]
+        # Liveness only: a readiness or startup probe would let a sidecar problem hold the app back.
+        container["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME},
+                                      "periodSeconds": 30, "failureThreshold": 3}
     container["volumeMounts"] = [
         {"name": TRACEFS_VOLUME, "mountPath": "/sys/kernel/tracing", "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
@@ -233,6 +240,8 @@ def sidecar_env(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -> list
     literal("BEYLA_SERVICE_VERSION", service_version(meta, app_containers))
     literal("BEYLA_LOG_LEVEL", cfg.sidecar_log_level)
     literal("BEYLA_TRACE_PRINTER", cfg.sidecar_trace_printer)
+    if cfg.sidecar_prometheus_port:
+        literal("BEYLA_PROMETHEUS_PORT", str(cfg.sidecar_prometheus_port))
     for name, value in cfg.passthrough_env():
         literal(name, value)
     env.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource_attributes(meta, owners, container_names)})

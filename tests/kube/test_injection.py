@@ -433,3 +433,21 @@ def test_undecodable_body_is_400(body):
     server = WebhookServer(webhook_config(), tls=None)  # type: ignore[arg-type]
     status, _ = server.admit(body, namespace_opted_in=False)
     assert status == 400
+
+
+def test_sidecar_prometheus_port_gets_env_named_port_and_liveness_probe():
+    env = {"BEYLA_WEBHOOK_SIDECAR_PROMETHEUS_PORT": "9400"}
+    _s, _r, patch = run_case(RS_POD, "shop", "/mutate", env)
+    pod = apply_patch(RS_POD, patch)
+    container = pod["spec"]["initContainers"][0]
+    assert {"name": "BEYLA_PROMETHEUS_PORT", "value": "9400"} in container["env"]
+    assert container["env"][-1]["name"] == "OTEL_RESOURCE_ATTRIBUTES"
+    assert container["ports"] == [{"name": "beyla-metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert container["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": "beyla-metrics"},
+                                          "periodSeconds": 30, "failureThreshold": 3}
+    assert "readinessProbe" not in container and "startupProbe" not in container
+    validate_k8s(pod)
+    _s, _r, default_patch = run_case(RS_POD, "shop", "/mutate", {})
+    default = apply_patch(RS_POD, default_patch)["spec"]["initContainers"][0]
+    assert "ports" not in default and "livenessProbe" not in default
+    assert all(e["name"] != "BEYLA_PROMETHEUS_PORT" for e in default["env"])
