@@ -24,8 +24,7 @@ CATEGORIES = (
     ("HTTP parsing", ("protocols/",)),
     ("connection tracking, trace context", ("tracker/",)),
     ("record decoding", ("bpf/events.py",)),
-    ("ring buffer: ctypes callback per record", ("RingBuffer._on_sample", "string_at")),
-    ("ring buffer: ctypes callback entry, libbpf consume", ("RingBuffer.poll", "RingBuffer.consume")),
+    ("ring buffer: reading records from shared memory", ("bpf/ring.py",)),
     ("pipeline glue, process table, resources", ("pipeline.py", "discover/", "export/resource")),
 )
 IDLE = ("Condition.wait", "Event.wait", "epoll", "select", "sleep", "Thread._wait_for_tstate_lock")

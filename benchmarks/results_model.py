@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from .baseline import COMMIT, OLD
 from .common import summary
 
 
@@ -35,10 +36,13 @@ class Figure:
     values: list[float]
     goal: Goal | None = None
     digits: int = 3
+    old: str = ""                        # the figure at baseline.COMMIT, as text
 
     def to_dict(self) -> dict:
         s = summary(self.values)
         out = {"key": self.key, "label": self.label, "unit": self.unit, **s}
+        if self.old:
+            out["old"] = self.old
         if self.goal is not None:
             out["goal"] = self.goal.text
             out["verdict"] = self.goal.verdict(s["median"])
@@ -58,7 +62,8 @@ class Section:
 
     def add(self, key: str, label: str, unit: str, values: list, goal: Goal | None = None,
             digits: int = 3) -> Figure:
-        fig = Figure(key, label, unit, [v for v in values if v is not None], goal, digits)
+        fig = Figure(key, label, unit, [v for v in values if v is not None], goal, digits,
+                     OLD.get(f"{self.key}.{key}", ""))
         self.figures.append(fig)
         return fig
 
@@ -90,24 +95,27 @@ def markdown(sections: list[Section], meta: dict) -> str:
                  "Each figure: median of the runs, with min and max; ratios are with/without, "
                  "measured pairwise in the same alternating run.")
     lines.append("")
-    lines += ["## Goals", "", "| Goal | Figure | Median (min–max) | |", "|---|---|---|---|"]
+    lines += ["## Goals", "", f"| Goal | Figure | Median (min–max) | At {COMMIT} | |", "|---|---|---|---|---|"]
     for sec in sections:
         for f in sec.figures:
             d = f.to_dict()
             if "goal" in d:
                 lines.append(f"| {d['goal']} | {f.label} | {fmt(d['median'], f.digits)} "
-                             f"({fmt(d['min'], f.digits)}–{fmt(d['max'], f.digits)}) {f.unit} | {d['verdict']} |")
+                             f"({fmt(d['min'], f.digits)}–{fmt(d['max'], f.digits)}) {f.unit} | {f.old} | "
+                             f"{d['verdict']} |")
     lines.append("")
     for sec in sections:
         lines += [f"## {sec.title}", "", sec.method, ""]
         if sec.error:
             lines += [f"**Failed:** `{sec.error}`", ""]
         if sec.figures:
-            lines += ["| Figure | Median | Min | Max | Unit | Goal | |", "|---|---:|---:|---:|---|---|---|"]
+            lines += [f"| Figure | Median | Min | Max | Unit | At {COMMIT} | Goal | |",
+                      "|---|---:|---:|---:|---|---:|---|---|"]
             for f in sec.figures:
                 d = f.to_dict()
                 lines.append(f"| {f.label} | {fmt(d['median'], f.digits)} | {fmt(d['min'], f.digits)} | "
-                             f"{fmt(d['max'], f.digits)} | {f.unit} | {d.get('goal', '')} | {d.get('verdict', '')} |")
+                             f"{fmt(d['max'], f.digits)} | {f.unit} | {f.old} | {d.get('goal', '')} | "
+                             f"{d.get('verdict', '')} |")
             lines.append("")
         for note in sec.notes:
             lines.append(f"- {note}")

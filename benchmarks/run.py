@@ -3,7 +3,7 @@
     python -m benchmarks.run [--quick] [--only app_overhead,sidecar_cost,...]
 
 BENCH_QUICK=1 is the same as --quick: 2 runs per figure and short loads, to check the
-harness (figures from it are not meant to be quoted). A full run takes about 12 minutes on
+harness (figures from it are not meant to be quoted). A full run takes about 16 minutes on
 2 cores. Needs root (BPF, PID namespaces), wrk, nginx, bpftool and the built probes.
 Traffic goes to 127.0.0.1 only; every load and wait is bounded.
 """
@@ -39,7 +39,7 @@ def preflight() -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root (BPF, PID namespaces)")
-    for tool in ("wrk", "nginx", "bpftool", "unshare", "nsenter", "dd"):
+    for tool in ("wrk", "nginx", "bpftool", "unshare", "nsenter", "dd", "taskset"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found (make test-deps installs it)")
     check = subprocess.run([sys.executable, "-m", "beyla_sidecar.cli", "check"], capture_output=True, text=True,

@@ -84,7 +84,7 @@ class Drain(threading.Thread):
         self.records = 0
         self.stop = threading.Event()
 
-    def count(self, _record: bytes) -> None:
+    def count(self, _record: memoryview) -> None:
         self.records += 1
 
     def run(self) -> None:

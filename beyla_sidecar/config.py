@@ -45,11 +45,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _capture_size(raw: str) -> int:
-    value = int(raw)
-    if not 64 <= value <= 1024:
-        raise ValueError("expected 64..1024 bytes (the probes' compiled-in maximum)")
-    return value
+def _capture(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"expected {low}..{high} bytes (the probes' compiled-in maximum)")
+        return value
+    return parse
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -116,6 +118,24 @@ def _route_patterns(raw: str) -> tuple[str, ...]:
     return patterns
 
 
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+            "parentbased_traceidratio")
+DEFAULT_SAMPLER = "parentbased_always_on"  # the OTel SDKs' default
+
+
+def _sampler(raw: str) -> str:
+    return _choice(*SAMPLERS)(raw) if raw.strip() else DEFAULT_SAMPLER  # empty: unset, as OTel specifies
+
+
+def _ratio(raw: str) -> float:
+    if not raw.strip():
+        return 1.0
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("expected a sampling ratio from 0 to 1, e.g. 0.25")
+    return value
+
+
 def _metric_attributes(raw: str) -> tuple[str, ...]:
     names = _list(raw)
     for name in names:
@@ -133,10 +153,20 @@ class Config:
         "Which processes to instrument: `self` (the sidecar's own PID namespace, i.e. its pod), "
         "`host` (the initial namespace, for local use) or a namespace inode number.",
         _pid_namespace)
-    capture_size: int = _env(
-        "BEYLA_CAPTURE_SIZE", "512",
-        "Bytes of each socket read/write copied from the kernel for parsing (64-1024). "
-        "Byte counts are always exact; only headers must fit.", _capture_size)
+    request_capture_size: int = _env(
+        "BEYLA_REQUEST_CAPTURE_SIZE", "256",
+        "First bytes of each request kept by the kernel for parsing (64-512): the request line "
+        "and what follows. Byte counts are exact and head ends and traceparent are found in the "
+        "kernel whatever the head's size.", _capture(64, 512))
+    response_capture_size: int = _env(
+        "BEYLA_RESPONSE_CAPTURE_SIZE", "256",
+        "First bytes of each response kept by the kernel for parsing (16-256). The status line "
+        "is enough; a head that fits spares the probes a scan for its end (cheaper than the copy).",
+        _capture(16, 256))
+    max_connections: int = _env(
+        "BEYLA_MAX_CONNECTIONS", "8192",
+        "Connections the kernel tracks at once (least recently used ones are dropped beyond); "
+        "each costs about 1.2 KiB of kernel memory.", _positive_int)
     attach_strategy: str = _env(
         "BEYLA_ATTACH", "auto",
         "Kernel hooks: `auto` picks the best the kernel offers, `tracepoint` forces "
@@ -252,6 +282,31 @@ class Config:
         "OTEL_BSP_MAX_QUEUE_SIZE", "2048",
         "Spans queued per exporter; when full, new spans are dropped and counted in "
         "beyla_sidecar_spans_dropped_total.", _positive_int)
+    span_schedule_delay: float = _env(
+        "OTEL_BSP_SCHEDULE_DELAY", "5000",
+        "Milliseconds between two OTLP span exports (sooner when a batch is full). The stdout printer "
+        "prints every 200 ms.", _duration_ms)
+    span_batch_size: int = _env(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512",
+        "Most spans sent in one export; at most OTEL_BSP_MAX_QUEUE_SIZE.", _positive_int)
+    span_export_timeout: float = _env(
+        "OTEL_BSP_EXPORT_TIMEOUT", "30000",
+        "Milliseconds one OTLP span export may take, retries included (the exporter's own "
+        "OTEL_EXPORTER_OTLP_TIMEOUT applies too: the shorter wins).", _duration_ms)
+    traces_sampler: str = _env(
+        "OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER,
+        "Which exchanges become spans (metrics always count every exchange): `always_on`, `always_off`, "
+        "`traceidratio`, or `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio` "
+        "(these follow the caller's sampled flag from an incoming traceparent).", _sampler)
+    traces_sampler_arg: float = _env(
+        "OTEL_TRACES_SAMPLER_ARG", "1.0",
+        "Ratio (0 to 1) of the `traceidratio` samplers, decided on the trace id as every OTel SDK "
+        "does, so all services keep the same traces.", _ratio)
+
+    def __post_init__(self) -> None:
+        if self.span_batch_size is not None and self.span_batch_size > self.span_queue_size:
+            raise ConfigError(f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={self.span_batch_size} is invalid: it must not "
+                              f"exceed OTEL_BSP_MAX_QUEUE_SIZE={self.span_queue_size}.")
 
     @property
     def traces_endpoint(self) -> str:

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import psutil
 import structlog
-from opentelemetry.sdk.resources import Resource
 
-from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType
+from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord
 from .bpf.loader import Probes
 from .config import Config
 from .discover.lifecycle import Discovery
@@ -26,19 +25,45 @@ from .export.metrics import Metrics, ServiceMetrics, to_metrics_data
 from .export.otlp_metrics import MetricPush
 from .export.prometheus import PrometheusServer, exposition
 from .export.resource import ResourceFactory
-from .export.spans import Clock, to_span
+from .export.spans import Clock
 from .export.traces import TraceExport
 from .protocols import all_protocols
 from .tracker.connections import Tracker
+from .tracker.context import make_sampler
 from .tracker.exchange import Exchange
 from .tracker.routes import Drop, Routes
 
 HOST_PID_NAMESPACE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the initial PID namespace's inode, fixed by the kernel
 HOUSEKEEPING_SECONDS = 5.0
+# Exchanges whose response saw no byte for IDLE_NS are ended from the kernel's state (the last
+# answer of a keep-alive connection would otherwise wait for the next request), checked every
+# SWEEP_SECONDS: a span is out within about a second of its last byte.
+SWEEP_SECONDS = 0.25
+IDLE_NS = 500_000_000
+# A process's sockets close after its exit event: its state goes with its last connection,
+# at the latest this much later.
+EXIT_GRACE_SECONDS = 1.0
 KERNEL_COUNTERS_SECONDS = 1.0  # how fresh the scraped kernel loss counters are
 IGNORE_MODES = {"all": Drop.ALL, "metrics": Drop.METRICS, "traces": Drop.TRACES}
 
 log = structlog.get_logger()
+
+
+def listening_ports() -> tuple[int, list[int]]:
+    """Our network namespace (the pod's) and its listening TCP ports: servers that were
+    listening before the probes attached."""
+    ports = set()
+    for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(name) as table:
+                next(table, None)
+                for line in table:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue  # no IPv6 in this namespace
+    return os.stat("/proc/self/ns/net").st_ino, sorted(ports)
 
 
 def own_pid_namespace() -> int:
@@ -66,7 +91,7 @@ class PipelineStats:
 class _Target:
     """What the pipeline keeps per instrumented process."""
 
-    resource: Resource
+    resource: bytes  # its spans' Resource, OTLP-encoded once (TraceExport.resource)
     service: str
     metrics: ServiceMetrics | None
 
@@ -80,7 +105,7 @@ class Pipeline:
         self.processes = ProcessTable()
         self.resources = ResourceFactory(cfg)
         self._targets: dict[int, _Target] = {}
-        self.export = TraceExport(cfg)
+        self.export = TraceExport(cfg, self.clock)
         self.routes = Routes(cfg.routes_patterns, cfg.routes_unmatched, cfg.routes_max_per_service,
                              cfg.routes_ignore, IGNORE_MODES[cfg.routes_ignore_mode])
         # Aggregating costs per request: only when some exporter will read the metrics.
@@ -90,7 +115,10 @@ class Pipeline:
         self._me = psutil.Process()
         protocols = all_protocols()
         self._protocol_names = tuple(p.name for p in protocols)
-        self.tracker = Tracker(protocols, self._on_exchange)
+        # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
+        self.sampler = make_sampler(cfg.traces_sampler, cfg.traces_sampler_arg)
+        self.tracker = Tracker(protocols, self._on_exchange, sampler=self.sampler)
+        self._exited: list[tuple[float, int, int]] = []  # (when to forget, pid, host pid)
         self.target_ns = target_pid_namespace(cfg.pid_namespace)
         # In our own namespace the events' ns_pid is what our /proc shows and what
         # identifies our own process; elsewhere only the host pid is meaningful here.
@@ -109,19 +137,33 @@ class Pipeline:
         if self._same_ns and pid == self._self_pid:
             self.stats.own_records += 1
             return
-        if ev.type in PROCESS_EVENTS:
+        if type(ev) is ExchangeRecord:
+            self.tracker.exchange(ev)
+        elif ev.type in PROCESS_EVENTS:
             self._process_event(ev, pid)
-            return
-        if ev.type is not EventType.CONN_CLOSE:  # a close may come after the exit: no re-entry
-            self.processes.get(pid, ev.comm)  # now: a short-lived client may be gone by its span
-        self.tracker.handle(ev)
+        else:
+            if ev.type is EventType.CONN_OPEN:
+                self.processes.get(pid, ev.comm)  # now: a short-lived client may be gone by its span
+            self.tracker.handle(ev)
 
     def _process_event(self, ev: Event, pid: int) -> None:
         self.discovery.handle(ev, pid)
-        if ev.type is EventType.PROCESS_EXIT:  # nothing of it stays: its spans first, then its state
-            self.tracker.forget_process(ev.pid, ev.ts_ns)
+        if ev.type is EventType.PROCESS_EXIT:
+            # its sockets close (and send their last exchanges) after this event
+            self._exited.append((time.monotonic() + EXIT_GRACE_SECONDS, pid, ev.pid))
+
+    def _forget_exited(self, now: float) -> None:
+        """Nothing of an exited process stays: its spans went first, then its state goes."""
+        keep = []
+        for entry in self._exited:
+            deadline, pid, host_pid = entry
+            if deadline > now and self.tracker.has_connections(host_pid):
+                keep.append(entry)
+                continue
+            self.tracker.forget_process(host_pid)
             self.processes.forget(pid)
             self._targets.pop(pid, None)
+        self._exited = keep
 
     def _on_exchange(self, ex: Exchange) -> None:
         pid = ex.ns_pid if self._same_ns else ex.pid
@@ -137,14 +179,14 @@ class Pipeline:
                                       tls=ex.tls)
         if target.metrics is not None and not drop & Drop.METRICS:
             target.metrics.record(ex, desc, route)
-        if not drop & Drop.TRACES:
-            self.export.submit(to_span(ex, desc, target.resource, self.clock))
+        if ex.context.sampled and not drop & Drop.TRACES:  # sampled out: metrics only, not a drop
+            self.export.submit(ex, desc, target.resource)
 
     def _target(self, pid: int) -> _Target:
         proc = self.processes.get(pid)
         service = self.resources.service_name(proc)
         metrics = self.metrics.service(service, self.resources.service(service)) if self.metrics else None
-        return _Target(self.resources.create(pid, proc), service, metrics)
+        return _Target(self.export.resource(self.resources.create(pid, proc)), service, metrics)
 
     def self_stats(self) -> selfmetrics.SelfStats:
         """The sidecar's own counters; read from the scrape thread (plain ints and dict copies)."""
@@ -168,6 +210,9 @@ class Pipeline:
             unsupported_tls=dict(self.discovery.stats.unsupported_tls),
             probe_attach_failures=self.discovery.stats.attach_failures,
             route_overflows=dict(self.routes.overflows),
+            unrecognised_connections=dict(t.unrecognised_connections),
+            unrecognised_bytes=dict(t.unrecognised_bytes),
+            orphan_responses=self.stats.kernel_counters.get("orphan_responses", 0),
         )
 
     def scrape(self) -> str:
@@ -190,6 +235,11 @@ class Pipeline:
             push.start()
             cleanup.callback(push.stop)
 
+    def _sweep(self, probes: Probes) -> None:
+        now_ns = time.monotonic_ns()
+        self.tracker.sweep(probes.idle_exchanges(IDLE_NS, now_ns))
+        self.tracker.expire(now_ns)
+
     def housekeeping(self) -> None:
         self.clock.sync()
         self.discovery.sweep()
@@ -200,23 +250,31 @@ class Pipeline:
         """Attach the probes and process events until `stop` is set; always detaches."""
         with ExitStack() as cleanup:
             self._start_exporters(cleanup)  # first, so /healthz answers while probes load
-            with Probes(capture_size=self.cfg.capture_size, ringbuf_size=self.cfg.ringbuf_size,
-                        strategy=self.cfg.attach_strategy,
+            with Probes(req_capture=self.cfg.request_capture_size, resp_capture=self.cfg.response_capture_size,
+                        ringbuf_size=self.cfg.ringbuf_size, max_connections=self.cfg.max_connections,
+                        strategy=self.cfg.attach_strategy, pid_namespace=self.target_ns,
                         filter_pids=self.discovery.selector.filters) as probes:
-                probes.allow_pid_namespace(self.target_ns)
+                probes.add_listen_ports(*listening_ports())
                 self.discovery.start(probes)
                 log.info("instrumentation ready", strategy=probes.strategy, pid_namespace=self.target_ns,
-                         exporters=self.export.destinations, capture_size=self.cfg.capture_size,
+                         exporters=self.export.destinations, request_capture=self.cfg.request_capture_size,
+                         response_capture=self.cfg.response_capture_size,
                          prometheus_port=self.cfg.prometheus_port or None,
                          metrics_endpoint=self.cfg.metrics_endpoint or None)
                 self.ready.set()
                 timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 next_counters = 0.0
+                next_sweep = time.monotonic() + SWEEP_SECONDS
                 while not stop.is_set():
                     probes.poll(timeout_ms, self.on_record)
                     self.discovery.flush()
                     now = time.monotonic()
+                    if self._exited:
+                        self._forget_exited(now)
+                    if now >= next_sweep:
+                        self._sweep(probes)
+                        next_sweep = now + SWEEP_SECONDS
                     if now >= next_counters:
                         self.stats.kernel_counters = probes.counters()
                         next_counters = now + KERNEL_COUNTERS_SECONDS
@@ -224,6 +282,8 @@ class Pipeline:
                         self.housekeeping()
                         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 probes.consume(self.on_record)
+                self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()))  # everything still open
+                self.tracker.expire(1 << 63)
                 self.stats.kernel_counters = probes.counters()
             self.export.flush()
             self.export.shutdown()

@@ -1,40 +1,44 @@
-/* Event records shared by the probes and beyla_sidecar/bpf/events.py.
- * Every field has a fixed size and offset; Python decodes them with struct.
- * Change both sides together. */
+/* Records the probes put on the ring buffer, decoded by beyla_sidecar/bpf/events.py.
+ * Every field has a fixed size and offset; tests/bpf/test_layout.py checks the Python
+ * side against this header's BTF in the built object. */
 #ifndef __BEYLA_H
 #define __BEYLA_H
 
-/* Compile-time upper bound of the payload capture; the runtime knob
- * `capture_size` (.rodata) picks a value up to this. Power of two so the
- * verifier can bound lengths with a mask. */
-#define MAX_CAPTURE 1024
+/* Compile-time bounds of the prefixes an exchange keeps; the runtime knobs
+ * req_capture/resp_capture (.rodata) pick values up to these. */
+#define REQ_CAPTURE_MAX 512
+#define RESP_CAPTURE_MAX 256
+/* Bytes kept after a "traceparent:" found beyond the request prefix. */
+#define TRACEPARENT_CAPTURE 80
 
 enum event_type {
-	EVENT_DATA = 1,       /* bytes sent or received on a TCP socket */
-	EVENT_CONN_OPEN = 2,  /* accept() or connect() returned a TCP socket */
-	EVENT_CONN_CLOSE = 3, /* the kernel destroyed one of our sockets */
-	/* Process lifecycle (discover/): ids are the process's; no tuple, no payload. */
+	EVENT_EXCHANGE = 1,   /* one request and its response on a connection (struct exchange) */
+	EVENT_CONN_OPEN = 2,  /* a connection seen for the first time (struct conn_event) */
+	EVENT_CONN_CLOSE = 3, /* the kernel destroyed a connection we saw */
+	/* Process lifecycle (discover/): struct conn_event with ids and comm only. */
 	EVENT_PROCESS_EXEC = 4,   /* execve() succeeded: new executable */
 	EVENT_PROCESS_FORK = 5,   /* a new process (not a thread) was forked */
 	EVENT_PROCESS_EXIT = 6,   /* the last thread of a process exited */
 	EVENT_PROCESS_MMAP = 7,   /* a file was mapped executable: maybe a library to probe */
-	EVENT_PROCESS_LISTEN = 8, /* listen() succeeded: the process has a new open port */
+	EVENT_PROCESS_LISTEN = 8, /* a TCP socket of the process started listening */
 };
 
-/* event_header.flags */
-enum event_flags {
-	FLAG_TLS = 1, /* EVENT_DATA: plaintext seen by the TLS library probes */
+enum record_flags {
+	FLAG_TLS = 1,         /* plaintext seen by the TLS library probes */
+	FLAG_TRACEPARENT = 2, /* exchange.traceparent holds the bytes after "traceparent:" */
+	FLAG_TRUNCATED = 4,   /* a transfer's bytes were not all readable: prefix or head scan incomplete */
 };
 
-enum direction {
-	DIR_SEND = 0,
-	DIR_RECV = 1,
+/* Why the kernel emitted an exchange (user space also ends idle ones: END_SWEEP there). */
+enum exchange_end {
+	END_NEXT_REQUEST = 1, /* the next request began on the connection */
+	END_CLOSE = 2,        /* the connection closed */
 };
 
 enum conn_role {
-	ROLE_UNKNOWN = 0, /* socket existed before the probes, or opened another way */
-	ROLE_SERVER = 1,  /* came out of accept() */
-	ROLE_CLIENT = 2,  /* went through connect() */
+	ROLE_UNKNOWN = 0,
+	ROLE_SERVER = 1, /* its local port is a listening port of its network namespace */
+	ROLE_CLIENT = 2,
 };
 
 /* Addresses are IPv6-sized; IPv4 sits in the first 4 bytes (family says which). */
@@ -47,34 +51,59 @@ struct conn_tuple {
 	__u16 _pad;
 };
 
-/* Common header of every record: 104 bytes. */
-struct event_header {
-	__u64 ts_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u64 sock_id;   /* kernel address of struct sock: connection identity while it lives */
+/* Connection and process events: rare, so they carry everything about their task. */
+struct conn_event {
+	__u8 type;       /* enum event_type */
+	__u8 role;       /* enum conn_role (connections) */
+	__u8 flags;      /* FLAG_TLS: the connection is driven by a TLS library */
+	__u8 _pad;
 	__u32 pid;       /* host tgid */
 	__u32 tid;       /* host tid */
 	__u32 ns_pid;    /* tgid in the task's own PID namespace */
 	__u32 ns_tid;    /* tid in the task's own PID namespace */
-	__u32 bytes;     /* EVENT_DATA: bytes really moved by the call (may exceed capture_len) */
-	__u16 capture_len; /* payload bytes that follow the header */
-	__u8 type;       /* enum event_type */
-	__u8 direction;  /* enum direction (EVENT_DATA) */
-	__u8 role;       /* enum conn_role */
-	__u8 flags;      /* enum event_flags */
-	__u8 _pad[6];
+	__u32 _pad2;
+	__u64 ts_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 sock_id;   /* struct sock address (or SSL* of a socket-less TLS session) */
 	struct conn_tuple tuple;
-	char comm[16];   /* current->comm in process context; empty on EVENT_CONN_CLOSE */
+	char comm[16];
 };
 
-struct data_event {
-	struct event_header hdr;
-	__u8 payload[MAX_CAPTURE];
+/* One request and its response, emitted once, when the next request begins or the
+ * connection closes (user space ends exchanges that went idle from the conns map).
+ * Followed by req_len bytes of request prefix, then resp_len bytes of response prefix
+ * starting at offset sizeof(struct exchange) + req_capture. */
+struct exchange {
+	__u8 type;           /* EVENT_EXCHANGE */
+	__u8 flags;          /* enum record_flags */
+	__u8 role;           /* enum conn_role */
+	__u8 end;            /* enum exchange_end */
+	__u32 pid;           /* host tgid of the connection's process */
+	__u32 ns_pid;        /* its tgid in its own PID namespace */
+	__u32 tid;           /* host tid that received (server) or sent (client) the request */
+	__u64 sock_id;
+	__u64 req_start_ns;  /* first and last request transfer */
+	__u64 req_end_ns;
+	__u64 resp_start_ns; /* first and last response transfer; 0: no response yet */
+	__u64 resp_end_ns;
+	__u64 req_bytes;     /* exact bytes moved, captured or not */
+	__u64 resp_bytes;
+	__u64 parent_sock;   /* client: the server exchange its thread was serving when the */
+	__u64 parent_start;  /* request began, as (sock_id, req_start_ns); 0: none */
+	__u32 req_head;      /* head length (up to the empty line) found by the kernel; 0: not found */
+	__u32 resp_head;
+	__u16 req_len;       /* request prefix bytes */
+	__u16 resp_len;      /* response prefix bytes */
+	__u16 resp_off;      /* offset of the response prefix in data[] (= req_capture) */
+	__u16 _pad;
+	__u8 traceparent[TRACEPARENT_CAPTURE];
+	__u8 data[REQ_CAPTURE_MAX + RESP_CAPTURE_MAX];
 };
 
 /* Per-CPU counters in the `counters` array map, read by user space. */
 enum counter_index {
 	COUNTER_RINGBUF_DROPS = 0, /* bpf_ringbuf_output failed: ring buffer full */
-	COUNTER_READ_FAILS = 1,    /* bpf_probe_read_user of a payload failed */
+	COUNTER_READ_FAILS = 1,    /* bpf_probe_read_user of a prefix failed */
+	COUNTER_ORPHAN_RESPONSES = 2, /* response bytes with no request seen on the connection */
 	COUNTER_MAX = 8,
 };
 

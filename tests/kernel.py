@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -50,3 +52,15 @@ def bpf_map_entries(pid: int | str = "self") -> dict[str, int]:
         name = json.loads(run(["bpftool", "map", "show", "id", str(map_id), "--json"]).stdout)["name"]
         out[name] = len(json.loads(run(["bpftool", "map", "dump", "id", str(map_id), "--json"]).stdout))
     return out
+
+
+def still_loaded(ids: Iterable[int], within_s: float = 2.0) -> set[int]:
+    """Which of these programs are still in the kernel after up to within_s: the kernel frees a
+    tracing program asynchronously (after an RCU grace period) once its last fd and link go."""
+    wanted = set(ids)
+    deadline = time.monotonic() + within_s
+    while True:
+        left = wanted & loaded_programs().keys()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

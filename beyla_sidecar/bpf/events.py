@@ -1,4 +1,10 @@
-"""Decoding of the records the probes put on the ring buffer (layout: probes/beyla.h)."""
+"""Decoding of the records the probes put on the ring buffer (layout: probes/beyla.h).
+
+Two shapes: `Event` for connection and process events (rare, self-contained), and
+`ExchangeRecord`, one per request/response exchange (the hot path: decoded with one
+precompiled struct and two slices; addresses and task names are not repeated in it,
+they come with the connection's EVENT_CONN_OPEN).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,24 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-HEADER = struct.Struct("<QQIIIIIHBBBB6x16s16sHHH2x16s")
-HEADER_SIZE = HEADER.size  # 104, pinned by tests against beyla.h
-MAX_CAPTURE = 1024
+# struct conn_event: type, role, flags, pad, pid, tid, ns_pid, ns_tid, pad, ts_ns, sock_id,
+# tuple (saddr, daddr, sport, dport, family, pad), comm
+CONN_EVENT = struct.Struct("<BBBx4I4xQQ16s16sHHH2x16s")
+# struct exchange up to data[]: type, flags, role, end, pid, ns_pid, tid, sock_id,
+# req/resp start/end, req/resp bytes, parent (sock, start), req/resp head, req/resp len,
+# resp_off, pad, then the traceparent area
+EXCHANGE = struct.Struct("<BBBBIIIQ8QIIHHH2x")
+TRACEPARENT_CAPTURE = 80
+EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
+REQ_CAPTURE_MAX = 512
+RESP_CAPTURE_MAX = 256
+# struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, then the exchange
+CONN_STATE = struct.Struct("<BBBBIQ")
+PHASE_RESPONSE = 2
 
 
 class EventType(IntEnum):
-    DATA = 1
+    EXCHANGE = 1
     CONN_OPEN = 2
     CONN_CLOSE = 3
     # process lifecycle, for discover/ (ids and comm only)
@@ -27,17 +44,22 @@ class EventType(IntEnum):
 PROCESS_EVENTS = frozenset((EventType.PROCESS_EXEC, EventType.PROCESS_FORK, EventType.PROCESS_EXIT,
                             EventType.PROCESS_MMAP, EventType.PROCESS_LISTEN))
 FLAG_TLS = 1
-
-
-class Direction(IntEnum):
-    SEND = 0
-    RECV = 1
+FLAG_TRACEPARENT = 2
+FLAG_TRUNCATED = 4
 
 
 class Role(IntEnum):
     UNKNOWN = 0
     SERVER = 1
     CLIENT = 2
+
+
+class End(IntEnum):
+    """Why an exchange ended."""
+
+    NEXT_REQUEST = 1  # the next request began on the connection
+    CLOSE = 2  # the connection closed
+    SWEEP = 3  # user space found it idle in the kernel's connection state
 
 
 class ConnTuple(NamedTuple):
@@ -49,29 +71,62 @@ class ConnTuple(NamedTuple):
     remote_port: int
 
 
+NO_TUPLE = ConnTuple("", 0, "", 0)
+
+
 class Event(NamedTuple):
-    """One ring-buffer record. `payload` is empty for CONN_OPEN/CONN_CLOSE."""
+    """A connection (CONN_OPEN, CONN_CLOSE) or process (PROCESS_*) event."""
 
     type: EventType
     ts_ns: int
     sock_id: int
-    pid: int
+    pid: int  # host tgid
     tid: int
-    ns_pid: int
+    ns_pid: int  # tgid in its own PID namespace
     ns_tid: int
-    bytes: int
-    direction: Direction
     role: Role
     tuple: ConnTuple
     comm: str  # task name (16 bytes max), for processes gone before /proc could be read
-    payload: bytes
-    tls: bool = False  # DATA: plaintext from the TLS library probes, not socket bytes
+    tls: bool = False  # CONN_OPEN: a TLS library drives the connection (plaintext follows)
+
+
+class ExchangeRecord(NamedTuple):
+    """One request and its response as the kernel saw them (times: CLOCK_MONOTONIC ns)."""
+
+    sock_id: int
+    pid: int
+    ns_pid: int
+    tid: int  # host tid that received (server) or sent (client) the request
+    role: Role
+    end: End
+    flags: int
+    req_start_ns: int
+    req_end_ns: int
+    resp_start_ns: int  # 0: no response
+    resp_end_ns: int
+    req_bytes: int  # exact, captured or not
+    resp_bytes: int
+    parent: tuple[int, int] | None  # client: (sock_id, req_start_ns) of the server exchange being served
+    req_head: int  # head length found by the kernel; 0: not found
+    resp_head: int
+    request: bytes  # prefix
+    response: bytes  # prefix
+    traceparent: bytes  # FLAG_TRACEPARENT: bytes from "traceparent:" on, found past the prefix
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Identity of the exchange: its connection and the start of its request."""
+        return self.sock_id, self.req_start_ns
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.flags & FLAG_TLS)
 
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _TYPES: tuple[EventType | None, ...] = (None, *EventType)  # value -> member without Enum.__call__
-_DIRECTIONS = tuple(Direction)
 _ROLES = tuple(Role)
+_ENDS: tuple[End | None, ...] = (None, *End)
 CACHE_LIMIT = 4096  # distinct addresses / task names remembered before a cache starts over
 
 
@@ -85,9 +140,32 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
+def decode_exchange(record: bytes | memoryview, end: End | None = None) -> ExchangeRecord | None:
+    """An exchange from a ring record or a conns map value's `rec`; None when malformed."""
+    if len(record) < EXCHANGE_DATA:
+        return None
+    (etype, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,
+     req_bytes, resp_bytes, parent_sock, parent_start, req_head, resp_head, req_len, resp_len,
+     resp_off) = EXCHANGE.unpack_from(record)
+    if etype != EventType.EXCHANGE or role > 2 or req_len > REQ_CAPTURE_MAX or resp_len > RESP_CAPTURE_MAX:
+        return None
+    if end is None:
+        end = _ENDS[end_code] if end_code < len(_ENDS) else None
+        if end is None:
+            return None
+    data = EXCHANGE_DATA
+    if data + resp_off + resp_len > len(record) or req_len > resp_off:
+        return None
+    tp = bytes(record[EXCHANGE.size:data]) if flags & FLAG_TRACEPARENT else b""
+    return ExchangeRecord(
+        sock_id, pid, ns_pid, tid, _ROLES[role], end, flags, req_start, req_end, resp_start, resp_end,
+        req_bytes, resp_bytes, (parent_sock, parent_start) if parent_sock else None, req_head, resp_head,
+        bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp)
+
+
 class Decoder:
     """Decodes records; remembers the text of addresses and task names, which repeat
-    on every record of a connection, so the hot path formats each only once."""
+    from connection to connection, so each is formatted only once."""
 
     def __init__(self) -> None:
         self._addrs: dict[tuple[int, bytes], str] = {}
@@ -110,20 +188,19 @@ class Decoder:
             text = self._comms[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return text
 
-    def decode(self, record: bytes | memoryview) -> Event | None:
-        """Decode one record; None when it is too short or of an unknown type."""
-        if len(record) < HEADER_SIZE:
+    def decode(self, record: bytes | memoryview) -> ExchangeRecord | Event | None:
+        """Decode one record; None when it is too short or malformed."""
+        if not len(record):
             return None
-        (ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes, cap, etype, direction, role, flags,
-         saddr, daddr, sport, dport, family, comm) = HEADER.unpack_from(record)
-        if not 1 <= etype <= 8 or direction > 1 or role > 2:
+        if record[0] == EventType.EXCHANGE:
+            return decode_exchange(record)
+        if len(record) < CONN_EVENT.size:
             return None
-        end = HEADER_SIZE + min(cap, len(record) - HEADER_SIZE)
+        (etype, role, flags, pid, tid, ns_pid, ns_tid, ts, sock_id, saddr, daddr, sport, dport, family,
+         comm) = CONN_EVENT.unpack_from(record)
+        if not 2 <= etype <= 8 or role > 2:
+            return None
         return Event(
-            _TYPES[etype], ts, sock_id, pid, tid, ns_pid, ns_tid, nbytes,  # type: ignore[arg-type]
-            _DIRECTIONS[direction], _ROLES[role],
+            _TYPES[etype], ts, sock_id, pid, tid, ns_pid, ns_tid, _ROLES[role],  # type: ignore[arg-type]
             ConnTuple(self._address(family, saddr), sport, self._address(family, daddr), dport),
-            self._comm(comm),
-            bytes(record[HEADER_SIZE:end]),
-            bool(flags & FLAG_TLS),
-        )
+            self._comm(comm), bool(flags & FLAG_TLS))

@@ -1,7 +1,8 @@
 """Thin ctypes binding over libbpf.so.1 (stable C API, libbpf >= 1.0 error conventions).
 
 Only what the sidecar needs: open an object, size maps and set `.rodata` before load,
-choose programs, load (the verifier log is kept for the error), attach, maps, ring buffer.
+choose programs, load (the verifier log is kept for the error), attach, maps. The ring buffer
+is read by bpf/ring.py, straight from its shared memory.
 libbpf 1.x reports errors as negative errno from int functions and NULL + errno from
 pointer functions; both become `BpfError` here.
 """
@@ -13,7 +14,7 @@ import errno as errno_mod
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint,
                     c_uint8, c_uint32, c_uint64, c_void_p)
 from functools import cache
@@ -43,7 +44,6 @@ class BpfError(Exception):
 
 
 _PrintFn = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-_SampleFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
 
 class _UprobeOpts(Structure):
@@ -99,6 +99,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_update_elem": (c_int, [c_int, c_char_p, c_char_p, c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_char_p, c_char_p]),
     "bpf_map_delete_elem": (c_int, [c_int, c_char_p]),
+    "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_prog_load": (c_int, [c_uint, c_char_p, c_char_p, c_char_p, c_size_t, POINTER(_ProgLoadOpts)]),
     "bpf_link_create": (c_int, [c_int, c_int, c_uint, _P]),
     "btf__load_vmlinux_btf": (_P, []),
@@ -106,10 +107,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "btf__find_by_name_kind": (c_int, [_P, c_char_p, c_uint32]),
     "btf__type_by_id": (POINTER(_BtfType), [_P, c_uint32]),
     "btf__name_by_offset": (c_char_p, [_P, c_uint32]),
-    "ring_buffer__new": (_P, [c_int, _SampleFn, _P, _P]),
-    "ring_buffer__poll": (c_int, [_P, c_int]),
-    "ring_buffer__consume": (c_int, [_P]),
-    "ring_buffer__free": (None, [_P]),
 }
 
 
@@ -294,6 +291,14 @@ class Map:
         _check_int(ret, f"lookup {self.name}")
         return buf.raw
 
+    def keys(self) -> Iterator[bytes]:
+        """Every key present now (a key deleted meanwhile just ends or skips the walk)."""
+        key: bytes | None = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while lib().bpf_map_get_next_key(self.fd, key, nxt) == 0:
+            key = nxt.raw
+            yield key
+
     def delete(self, key: bytes) -> bool:
         """True when the key was present."""
         self._check_size("key", key, self.key_size)
@@ -377,56 +382,6 @@ class BpfObject:
             self._ptr = None
 
 
-class RingBuffer:
-    """Consumer of one BPF ring buffer map; each record goes to `handler` as bytes.
-
-    An exception in the handler stops the drain and is re-raised from poll()/consume().
-    """
-
-    def __init__(self, map_fd: int, handler: Callable[[bytes], None]) -> None:
-        self.handler = handler
-        self._error: BaseException | None = None
-        # Kept on the instance: libbpf holds the function pointer until free().
-        self._callback = _SampleFn(self._on_sample)
-        with _Capture() as cap:
-            ptr = lib().ring_buffer__new(map_fd, self._callback, None, None)
-            self._ptr: int | None = _check_ptr(ptr, "ring_buffer__new", cap)
-
-    def _on_sample(self, _ctx: int | None, data: int, size: int) -> int:
-        try:
-            self.handler(ctypes.string_at(data, size))
-        except BaseException as exc:  # noqa: BLE001 - must not unwind through C
-            self._error = exc
-            return -1
-        return 0
-
-    def _finish(self, ret: int, what: str) -> int:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-        if ret == -errno_mod.EINTR:
-            return 0
-        return _check_int(ret, what)
-
-    def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for data, then drain; number of records handled."""
-        return self._finish(lib().ring_buffer__poll(self._rb(), timeout_ms), "ring_buffer__poll")
-
-    def consume(self) -> int:
-        """Drain what is there without waiting; number of records handled."""
-        return self._finish(lib().ring_buffer__consume(self._rb()), "ring_buffer__consume")
-
-    def _rb(self) -> int:
-        if not self._ptr:
-            raise BpfError("ring buffer already freed", errno_mod.EBADF)
-        return self._ptr
-
-    def free(self) -> None:
-        if self._ptr:
-            lib().ring_buffer__free(self._ptr)
-            self._ptr = None
-
-
 def num_possible_cpus() -> int:
     return _check_int(lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
@@ -488,6 +443,6 @@ def fentry_attach_errno(btf_id: int) -> int:
         os.close(prog_fd)
 
 
-__all__ = ["BpfError", "BpfObject", "Link", "Map", "Program", "RingBuffer", "VmlinuxBtf",
+__all__ = ["BpfError", "BpfObject", "Link", "Map", "Program", "VmlinuxBtf",
            "bpf_syscall_errno", "fentry_attach_errno", "map_type_supported", "num_possible_cpus", "lib",
            "BTF_KIND_FUNC", "BTF_KIND_TYPEDEF", "BPF_MAP_TYPE_RINGBUF"]

@@ -1,7 +1,7 @@
-"""Lifecycle of the HTTP probes: open the packaged object, set knobs, load the chosen
+"""Lifecycle of the probes: open the packaged object, set knobs, load the chosen
 strategy's programs, attach, fill the PID-namespace filter, drain the ring buffer, close.
 
-    with Probes(capture_size=512) as probes:
+    with Probes(req_capture=256, resp_capture=64) as probes:
         probes.allow_pid_namespace(pid_namespace_inode())
         while running:
             probes.poll(100, handle_record)
@@ -12,29 +12,30 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
 
 from . import features, libbpf
-from .events import MAX_CAPTURE
+from .events import CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, End, ExchangeRecord, decode_exchange
 from .features import KernelFeatures, probe_features
 from .libbpf import BpfError
+from .ring import RecordHandler, RingReader
 from .strategy import OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, by_name
 
-DEFAULT_CAPTURE_SIZE = 512
+DEFAULT_REQ_CAPTURE = 256
+DEFAULT_RESP_CAPTURE = 256
+DEFAULT_MAX_CONNECTIONS = 8192
 DEFAULT_RINGBUF_SIZE = 8 << 20
 AUTO = "auto"
 # The probes wake the reader only once this fraction of the ring is unread.
 WAKEUP_FRACTION = 4
 # Indexes of enum counter_index in probes/beyla.h.
-COUNTER_NAMES = ("ringbuf_drops", "read_fails")
+COUNTER_NAMES = ("ringbuf_drops", "read_fails", "orphan_responses")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-
-RecordHandler = Callable[[bytes], None]
-
+_LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port
 
 class ProbeSetupError(BpfError):
     """The probes cannot run here; the message names the fix."""
@@ -59,12 +60,20 @@ def _packaged_object() -> Iterator[Path]:
         yield path
 
 
-def _check_args(capture_size: int, ringbuf_size: int) -> None:
-    if not 0 <= capture_size <= MAX_CAPTURE:
-        raise ValueError(f"capture_size {capture_size} outside 0..{MAX_CAPTURE}")
+def _check_args(req_capture: int, resp_capture: int, ringbuf_size: int) -> None:
+    if not 0 <= req_capture <= REQ_CAPTURE_MAX:
+        raise ValueError(f"req_capture {req_capture} outside 0..{REQ_CAPTURE_MAX}")
+    if not 0 <= resp_capture <= RESP_CAPTURE_MAX:
+        raise ValueError(f"resp_capture {resp_capture} outside 0..{RESP_CAPTURE_MAX}")
     page = os.sysconf("SC_PAGE_SIZE")
     if ringbuf_size < page or ringbuf_size & (ringbuf_size - 1):
         raise ValueError(f"ringbuf_size {ringbuf_size}: must be a power of two >= {page}")
+
+
+def _check_inode(inode: int) -> int:
+    if not 0 < inode < 1 << 32:
+        raise ValueError(f"PID namespace inode {inode} is not a 32-bit inode number")
+    return inode
 
 
 def _check_host() -> None:
@@ -119,33 +128,39 @@ class Probes:
     filter_pids: only processes passed to allow_process() report traffic (else the whole pod).
     """
 
-    def __init__(self, *, capture_size: int = DEFAULT_CAPTURE_SIZE,
-                 ringbuf_size: int = DEFAULT_RINGBUF_SIZE, strategy: str = AUTO,
-                 filter_pids: bool = False) -> None:
-        _check_args(capture_size, ringbuf_size)
+    def __init__(self, *, req_capture: int = DEFAULT_REQ_CAPTURE, resp_capture: int = DEFAULT_RESP_CAPTURE,
+                 ringbuf_size: int = DEFAULT_RINGBUF_SIZE, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 strategy: str = AUTO, filter_pids: bool = False, pid_namespace: int = 0) -> None:
+        _check_args(req_capture, resp_capture, ringbuf_size)
         _check_host()
         self._strategy = _choose(strategy)
-        self.capture_size = capture_size
+        self.req_capture = req_capture
+        self.resp_capture = resp_capture
+        self._max_connections = max_connections
+        self._pid_namespace = _check_inode(pid_namespace) if pid_namespace else 0
         self._filter_pids = filter_pids
         self._links: list[libbpf.Link] = []
         self._uprobes: list[UprobeSet] = []
-        self._ring: libbpf.RingBuffer | None = None
+        self._ring: RingReader | None = None
         self._polling = False
         self._close_pending = False
         with _packaged_object() as path:
             self._obj: libbpf.BpfObject | None = libbpf.BpfObject(path)
         try:
-            self._setup(capture_size, ringbuf_size)
+            self._setup(ringbuf_size)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, capture_size: int, ringbuf_size: int) -> None:
+    def _setup(self, ringbuf_size: int) -> None:
         obj = self._object()
         _check_strategy_table(obj)
         for prog in obj.programs():
             prog.set_autoload(prog.name in self._strategy.programs or prog.name in UPROBE_PROGRAMS)
-        obj.set_rodata("capture_size", _U32.pack(capture_size))
+        obj.set_rodata("pod_pidns", _U32.pack(self._pid_namespace))
+        obj.set_rodata("req_capture", _U32.pack(self.req_capture))
+        obj.set_rodata("resp_capture", _U32.pack(self.resp_capture))
+        obj.map("conns").set_max_entries(self._max_connections)
         obj.set_rodata("filter_pids", bytes([self._filter_pids]))
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
         obj.map("events").set_max_entries(ringbuf_size)
@@ -163,7 +178,10 @@ class Probes:
         self._filter = obj.map("pid_ns_filter")
         self._allowed = obj.map("allowed_pids")
         self._counters = obj.map("counters")
-        self._ring = libbpf.RingBuffer(obj.map("events").fd, lambda _record: None)
+        self._conns = obj.map("conns")
+        self._tls_files = obj.map("tls_files")
+        self._listen = obj.map("listen_ports")
+        self._ring = RingReader(obj.map("events").fd, ringbuf_size)
 
     def __enter__(self) -> Probes:
         return self
@@ -189,9 +207,9 @@ class Probes:
     def allow_pid_namespace(self, inode: int) -> None:
         """Observe the processes of the PID namespace with this inode (see pid_namespace_inode)."""
         self._object()
-        if not 0 < inode < 1 << 32:
-            raise ValueError(f"PID namespace inode {inode} is not a 32-bit inode number")
-        self._filter.update(_U32.pack(inode), b"\x01")
+        if self._pid_namespace:
+            raise ValueError("the probes were loaded for one PID namespace (pid_namespace=...)")
+        self._filter.update(_U32.pack(_check_inode(inode)), b"\x01")
 
     def allow_process(self, ns_tgid: int) -> None:
         """filter_pids: let this process (tgid in its own PID namespace) report traffic."""
@@ -218,34 +236,66 @@ class Probes:
             raise
         uprobes = UprobeSet(path, links)
         self._uprobes.append(uprobes)
+        self._count_tls_files()
         return uprobes
 
     def detach(self, uprobes: UprobeSet) -> None:
         uprobes.destroy()
         self._uprobes.remove(uprobes)
+        self._count_tls_files()
+
+    def _count_tls_files(self) -> None:
+        """The socket probes look for SSL calls in progress only while some file is probed."""
+        self._tls_files.update(_U32.pack(0), _U32.pack(len(self._uprobes)))
 
     def poll(self, timeout_ms: int, callback: RecordHandler) -> int:
         """Wait up to timeout_ms, then hand every record to callback; number handled.
         The probes only wake the reader when the ring is 1/WAKEUP_FRACTION full, so this
         normally returns after timeout_ms: that is the delivery latency.
+        callback gets a memoryview into the ring, valid only during the call.
         An exception from callback propagates (the record that raised counts as consumed)."""
-        return self._drain(callback, lambda ring: ring.poll(timeout_ms) + ring.consume())
+        return self._drain(callback, timeout_ms)
 
     def consume(self, callback: RecordHandler) -> int:
         """Hand every record already in the ring buffer to callback, without waiting."""
-        return self._drain(callback, lambda ring: ring.consume())
+        return self._drain(callback, None)
 
-    def _drain(self, callback: RecordHandler, run: Callable[[libbpf.RingBuffer], int]) -> int:
+    def _drain(self, callback: RecordHandler, timeout_ms: int | None) -> int:
         self._object()
         assert self._ring is not None
-        self._ring.handler = callback
         self._polling = True
         try:
-            return run(self._ring)
+            if timeout_ms is not None:
+                self._ring.wait(timeout_ms)
+            return self._ring.drain(callback)
         finally:
             self._polling = False
             if self._close_pending:
                 self.close()
+
+    def add_listen_ports(self, netns: int, ports: Iterable[int]) -> None:
+        """Listening TCP ports of a network namespace (inode) opened before the probes: their
+        accepted sockets are servers. Later listen() calls are seen by the probes."""
+        self._object()
+        for port in ports:
+            self._listen.update(_LISTEN_KEY.pack(netns, port), b"\x01")
+
+    def idle_exchanges(self, idle_ns: int, now_ns: int) -> list[ExchangeRecord]:
+        """Exchanges whose response began and then saw no byte for idle_ns: in all likelihood
+        finished, and otherwise only ended by the connection's next request or close (the last
+        answer on a keep-alive connection, a long poll's). The kernel keeps them; the caller
+        must drop the record the kernel emits later for the same exchange (same key)."""
+        self._object()
+        out = []
+        for key in list(self._conns.keys()):
+            value = self._conns.lookup(key)
+            # read twice: the kernel updates the value in place, a torn copy differs
+            if value is None or value != self._conns.lookup(key) or value[0] != PHASE_RESPONSE:
+                continue
+            rec = decode_exchange(memoryview(value)[CONN_STATE.size:], End.SWEEP)
+            if rec is not None and rec.resp_end_ns and now_ns - rec.resp_end_ns >= idle_ns:
+                out.append(rec)
+        return out
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES)."""
@@ -264,7 +314,7 @@ class Probes:
             self._close_pending = True
             return
         with ExitStack() as stack:
-            # Registered in reverse: ring buffer freed first, object closed last.
+            # Registered in reverse: ring buffer unmapped first, object closed last.
             if self._obj is not None:
                 stack.callback(self._obj.close)
             for link in self._links:
@@ -272,7 +322,7 @@ class Probes:
             for uprobes in self._uprobes:
                 stack.callback(uprobes.destroy)
             if self._ring is not None:
-                stack.callback(self._ring.free)
+                stack.callback(self._ring.close)
         self._obj = None
         self._ring = None
         self._links = []
@@ -280,6 +330,7 @@ class Probes:
         self._close_pending = False
 
 
-__all__ = ["AUTO", "COUNTER_NAMES", "DEFAULT_CAPTURE_SIZE", "DEFAULT_RINGBUF_SIZE",
+__all__ = ["AUTO", "COUNTER_NAMES", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_REQ_CAPTURE", "DEFAULT_RESP_CAPTURE",
+           "DEFAULT_RINGBUF_SIZE",
            "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "UprobeSet",
            "pid_namespace_inode", "probe_features"]

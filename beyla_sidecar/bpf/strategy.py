@@ -1,4 +1,4 @@
-"""Attach strategies: which programs of http.bpf.o to load, and what the kernel must offer.
+"""Attach strategies: which programs of beyla.bpf.o to load, and what the kernel must offer.
 
 This table is the extension point for kernels with kprobes or fentry: add the programs
 to probes/ under new `beyla_*` names, then add a row here *before* the tracepoint row
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OBJECT_NAME = "http.bpf.o"
+OBJECT_NAME = "beyla.bpf.o"
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,11 @@ class Strategy:
 TRACEPOINT = Strategy(
     name="tracepoint",
     programs=(
-        "beyla_accept4_x", "beyla_accept_x", "beyla_connect_e", "beyla_connect_x",
-        "beyla_destroy", "beyla_task_exit", "beyla_tcp_send", "beyla_send_len",
-        "beyla_read_e", "beyla_readv_e", "beyla_recvfrm_e", "beyla_recvmsg_e", "beyla_recv_len",
-        "beyla_exec", "beyla_fork", "beyla_mmap_e", "beyla_listen_x",
+        "beyla_send_len", "beyla_recv_len", "beyla_destroy", "beyla_sk_state",
+        "beyla_exec", "beyla_fork", "beyla_task_exit", "beyla_mmap_e",
     ),
-    btf_tracepoints=("tcp_sendmsg_locked", "sock_send_length", "sock_recv_length",
-                     "tcp_destroy_sock", "sched_process_fork"),
+    btf_tracepoints=("sock_send_length", "sock_recv_length", "tcp_destroy_sock",
+                     "inet_sock_set_state", "sched_process_fork"),
     needs_tracefs=True,
 )
 

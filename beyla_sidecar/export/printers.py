@@ -1,4 +1,8 @@
-"""Span exporters that print to stdout: one short human line, or one JSON object, per span."""
+"""Span printers for stdout: one short human line, or one JSON object, per span.
+
+They read the same encoded spans the OTLP exporter sends (decoded with the official protobuf
+classes, off the hot path), so what is printed is exactly what a collector would receive.
+"""
 
 from __future__ import annotations
 
@@ -8,56 +12,73 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import IO
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from .otlp_encode import SpanItem
 
 
-def _hex(value: int, width: int) -> str:
-    return format(value, f"0{width}x")
+def _value(v: AnyValue) -> object:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
 
 
-def span_dict(span: ReadableSpan) -> dict[str, object]:
-    ctx = span.get_span_context()
-    assert ctx is not None
+def _attributes(kvs: Sequence[KeyValue]) -> dict[str, object]:
+    return {kv.key: _value(kv.value) for kv in kvs}
+
+
+def span_dict(span: Span, resource: dict[str, object]) -> dict[str, object]:
     return {
         "name": span.name,
-        "kind": span.kind.name,
-        "trace_id": _hex(ctx.trace_id, 32),
-        "span_id": _hex(ctx.span_id, 16),
-        "parent_span_id": _hex(span.parent.span_id, 16) if span.parent else "",
-        "start_time_unix_nano": span.start_time,
-        "end_time_unix_nano": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
-        "resource": dict(span.resource.attributes),
+        "kind": Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": span.parent_span_id.hex(),
+        "start_time_unix_nano": span.start_time_unix_nano,
+        "end_time_unix_nano": span.end_time_unix_nano,
+        "status": Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+        "attributes": _attributes(span.attributes),
+        "resource": resource,
     }
 
 
-def span_line(span: ReadableSpan) -> str:
-    a = span.attributes or {}
-    ctx = span.get_span_context()
-    assert ctx is not None and span.start_time is not None and span.end_time is not None
-    started = datetime.fromtimestamp(span.start_time / 1e9, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-    duration_ms = (span.end_time - span.start_time) / 1e6
+def span_json(span: Span, resource: dict[str, object]) -> str:
+    return json.dumps(span_dict(span, resource), separators=(",", ":"))
+
+
+def span_line(span: Span, resource: dict[str, object]) -> str:
+    a = _attributes(span.attributes)
+    started = datetime.fromtimestamp(span.start_time_unix_nano / 1e9, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
     peer = f"{a.get('network.peer.address', '')}:{a.get('network.peer.port', '')}"
-    res = span.resource.attributes
-    return (f"{started} {span.kind.name:<6} {span.name} {a.get('http.response.status_code', '-')} "
-            f"{duration_ms:.3f}ms {res.get('service.name', '')}[{res.get('process.pid', '')}] "
-            f"peer={peer} trace={_hex(ctx.trace_id, 32)} span={_hex(ctx.span_id, 16)}")
+    kind = Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_")
+    return (f"{started} {kind:<6} {span.name} {a.get('http.response.status_code', '-')} "
+            f"{duration_ms:.3f}ms {resource.get('service.name', '')}[{resource.get('process.pid', '')}] "
+            f"peer={peer} trace={span.trace_id.hex()} span={span.span_id.hex()}")
 
 
-class PrintExporter(SpanExporter):
+class PrintSink:
+    """Writes spans to `out` (stdout) as `text` lines or `json` objects."""
+
     def __init__(self, fmt: str, out: IO[str] | None = None) -> None:
-        self._render = span_line if fmt == "text" else (lambda s: json.dumps(span_dict(s), separators=(",", ":")))
+        self._render = span_line if fmt == "text" else span_json
         self._out = out or sys.stdout
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, items: Sequence[SpanItem]) -> bool:
+        resources: dict[bytes, dict[str, object]] = {}
+        lines = []
+        for item in items:
+            resource = resources.get(item.resource)
+            if resource is None:
+                resource = resources[item.resource] = _attributes(Resource.FromString(item.resource).attributes)
+            lines.append(self._render(Span.FromString(item.span), resource) + "\n")
         try:
-            self._out.write("".join(self._render(s) + "\n" for s in spans))
+            self._out.write("".join(lines))
             self._out.flush()
         except (OSError, ValueError):
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            return False
+        return True
 
     def shutdown(self) -> None:
         pass

@@ -31,6 +31,9 @@ class SelfStats:
     unsupported_tls: dict[str, int] = field(default_factory=dict)  # executables by TLS stack we cannot trace
     probe_attach_failures: int = 0
     route_overflows: dict[str, int] = field(default_factory=dict)  # by service
+    unrecognised_connections: dict[tuple[str, int], int] = field(default_factory=dict)  # by (guess, port)
+    unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    orphan_responses: int = 0  # counted in the kernel
 
 
 def _counter(name: str, help_: str, value: int) -> Family:
@@ -40,6 +43,12 @@ def _counter(name: str, help_: str, value: int) -> Family:
 def _counter_by(name: str, help_: str, label: str, values: dict[str, int]) -> Family:
     full = f"{PREFIX}{name}_total"
     return Family(full, "counter", help_, [(full, {label: k}, v) for k, v in sorted(values.items())])
+
+
+def _counter_by_guess(name: str, help_: str, values: dict[tuple[str, int], int]) -> Family:
+    full = f"{PREFIX}{name}_total"
+    return Family(full, "counter", help_, [(full, {"protocol_guess": g, "port": str(p)}, v)
+                                           for (g, p), v in sorted(values.items())])
 
 
 def _gauge(name: str, help_: str, value: float) -> Family:
@@ -54,8 +63,15 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
                  s.events_lost),
         _counter("kernel_read_failures", "Payload copies that failed in the probes.", s.kernel_read_failures),
         _counter("bytes_read", "Bytes of socket traffic seen (exact counts, captured or not).", s.bytes_read),
-        _counter_by("parse_failures", "Times a protocol parser lost its place in a stream.", "protocol",
+        _counter_by("parse_failures", "Exchanges a protocol could not parse (skipped).", "protocol",
                     s.parse_failures),
+        _counter_by_guess("unrecognised_connections", "Connections no protocol module recognised (not "
+                          "traced), by a guess from their first bytes and their server port.",
+                          s.unrecognised_connections),
+        _counter_by_guess("unrecognised_bytes", "Bytes of connections no protocol module recognised.",
+                          s.unrecognised_bytes),
+        _counter("orphan_responses", "Response transfers on connections with no request seen (e.g. an "
+                 "answer begun before the probes attached).", s.orphan_responses),
         _counter("requests_completed", "Request/response exchanges completed by the tracker.",
                  s.requests_completed),
         _counter_by("spans_exported", "Spans delivered, by exporter.", "exporter", s.spans_exported),

@@ -1,24 +1,17 @@
-"""Exchange -> OpenTelemetry span (SDK ReadableSpan), with kernel time turned into wall time."""
+"""Exchange -> encoded OTLP span, with kernel time turned into wall time."""
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-
-from .. import __version__
-from ..protocols.base import SpanDescription
-from ..protocols.base import SpanKind as ProtoKind
+from ..bpf.events import ConnTuple
+from ..protocols.base import SpanDescription, SpanKind
 from ..tracker.exchange import Exchange
-
-_KINDS = {ProtoKind.SERVER: SpanKind.SERVER, ProtoKind.CLIENT: SpanKind.CLIENT}
-_SCOPE = InstrumentationScope("beyla-sidecar", __version__)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-
+from .otlp_encode import (
+    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, encode_span,
+    span_name,
+)
 
 class Clock:
     """CLOCK_MONOTONIC (bpf_ktime_get_ns) to Unix-epoch nanoseconds; re-synced to follow NTP."""
@@ -28,10 +21,7 @@ class Clock:
         self.sync()
 
     def sync(self) -> None:
-        self.offset = time.time_ns() - time.monotonic_ns()
-
-    def wall(self, mono_ns: int) -> int:
-        return mono_ns + self.offset
+        self.offset = time.time_ns() - time.monotonic_ns()  # add it to a monotonic time
 
 
 def network_attributes(ex: Exchange) -> dict[str, str | int]:
@@ -39,7 +29,7 @@ def network_attributes(ex: Exchange) -> dict[str, str | int]:
     c = ex.conn
     attrs: dict[str, str | int] = {"network.peer.address": c.remote_addr, "network.peer.port": c.remote_port,
                                    "network.transport": "tcp"}
-    if ex.kind is ProtoKind.SERVER:
+    if ex.kind is SpanKind.SERVER:
         attrs.update({"server.address": c.local_addr, "server.port": c.local_port,
                       "client.address": c.remote_addr, "client.port": c.remote_port})
     else:
@@ -47,26 +37,59 @@ def network_attributes(ex: Exchange) -> dict[str, str | int]:
     return attrs
 
 
-def to_span(ex: Exchange, desc: SpanDescription, resource: Resource, clock: Clock) -> ReadableSpan:
-    """`desc` is the exchange's protocol description, shared with the metrics."""
-    ctx = ex.context
-    flags = _SAMPLED if ctx.sampled else _NOT_SAMPLED
-    attrs = {**network_attributes(ex), **desc.attributes}  # the protocol's server.address (Host) wins
-    status = Status(StatusCode.UNSET)
-    if desc.error_type is not None:
-        attrs["error.type"] = desc.error_type
-        status = Status(StatusCode.ERROR)
-    parent = (SpanContext(ctx.trace_id, ctx.parent_span_id, is_remote=ctx.parent_remote, trace_flags=flags)
-              if ctx.parent_span_id else None)
-    return ReadableSpan(
-        name=desc.name,
-        context=SpanContext(ctx.trace_id, ctx.span_id, is_remote=False, trace_flags=flags),
-        parent=parent,
-        resource=resource,
-        attributes=attrs,
-        kind=_KINDS[ex.kind],
-        status=status,
-        start_time=clock.wall(ex.start_ns),
-        end_time=clock.wall(ex.end_ns),
-        instrumentation_scope=_SCOPE,
-    )
+class _Network(NamedTuple):
+    """A connection's network attributes for one span kind, encoded."""
+
+    keys: frozenset[str]
+    block: bytes  # all of them
+    each: tuple[tuple[str, bytes], ...]  # to leave out those the protocol sets itself
+
+
+class SpanEncoder:
+    """Encodes exchanges as OTLP Span messages, caching what repeats across spans."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._attributes = AttributeCache()
+        self._names: dict[str, bytes] = {}
+        # A connection's network attributes, encoded once per connection and side (server or not).
+        self._network: dict[tuple[ConnTuple, bool], _Network] = {}
+
+    def encode(self, ex: Exchange, desc: SpanDescription) -> bytes:
+        """The Span message of `ex`; `desc` is its protocol description, shared with the metrics."""
+        ctx = ex.context
+        offset = self._clock.offset
+        server = ex.kind is SpanKind.SERVER  # not a dict of kinds: hashing an Enum runs Python code
+        return encode_span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
+                           FLAGS_REMOTE_PARENT if ctx.parent_remote else FLAGS_LOCAL_PARENT,
+                           self._name(desc.name), KIND_SERVER if server else KIND_CLIENT,
+                           ex.start_ns + offset, ex.end_ns + offset, self._span_attributes(ex, desc, server),
+                           desc.error_type is not None)
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            if len(self._names) >= CACHE_LIMIT:
+                self._names.clear()
+            encoded = self._names[name] = span_name(name)
+        return encoded
+
+    def _span_attributes(self, ex: Exchange, desc: SpanDescription, server: bool) -> bytes:
+        attrs = desc.attributes
+        keys, block, each = self._network_attributes(ex, server)
+        # The protocol's own value wins (a client's server.address is its Host header).
+        network = block if keys.isdisjoint(attrs) else b"".join([kv for key, kv in each if key not in attrs])
+        error = self._attributes.get("error.type", desc.error_type) if desc.error_type is not None else b""
+        return self._attributes.encode(attrs) + network + error
+
+    def _network_attributes(self, ex: Exchange, server: bool) -> _Network:
+        cache_key = (ex.conn, server)
+        network = self._network.get(cache_key)
+        if network is None:
+            if len(self._network) >= CACHE_LIMIT:
+                self._network.clear()
+            get = self._attributes.get
+            each = tuple((k, get(k, v)) for k, v in network_attributes(ex).items())
+            network = self._network[cache_key] = _Network(frozenset(k for k, _ in each),
+                                                          b"".join(kv for _, kv in each), each)
+        return network

@@ -1,107 +1,228 @@
-"""Where spans go: OTLP/gRPC and/or a stdout printer, each behind a bounded batch queue."""
+"""Where spans go: OTLP/gRPC and/or a stdout printer, each behind a bounded batch queue.
+
+The queue holds encoded spans (SpanItem: two byte strings), not SDK span objects; a worker
+thread per destination exports them in batches with the OTel batch span processor's settings
+(OTEL_BSP_*). Every span is counted once: queued, then exported or failed; or dropped when
+its queue is full or shut down. Unsampled exchanges never get here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+import structlog
+from opentelemetry.sdk.resources import Resource
 
 from ..config import Config
-from .printers import PrintExporter
+from ..protocols.base import SpanDescription
+from ..tracker.exchange import Exchange
+from .otlp_encode import SpanItem, encode_request, encode_resource
+from .printers import PrintSink
+from .spans import Clock, SpanEncoder
+
+log = structlog.get_logger()
+
+PRINTER_DELAY_SECONDS = 0.2  # someone is watching stdout: print soon, whatever OTEL_BSP_SCHEDULE_DELAY says
 
 
 @dataclass(slots=True)
 class ExportStats:
-    queued: int = 0  # handed to the batch processor
+    """Each field has one writer: the hot path (queued, dropped) or the export lock's holder."""
+
+    queued: int = 0
     exported: int = 0
     failed: int = 0
-    dropped: int = 0  # not queued: queue full
-
-    @property
-    def in_flight(self) -> int:
-        """Spans queued or being exported right now."""
-        return self.queued - self.exported - self.failed
+    dropped: int = 0  # not queued: queue full, or exporter shut down
 
 
-class _Counting(SpanExporter):
-    """Counts what the wrapped exporter delivered and what it failed to."""
+class SpanSink(Protocol):
+    """A destination: exports one batch, True when it was delivered."""
 
-    def __init__(self, inner: SpanExporter, stats: ExportStats) -> None:
-        self._inner = inner
-        self._stats = stats
+    def export(self, items: Sequence[SpanItem]) -> bool: ...
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def shutdown(self) -> None: ...
+
+
+class BatchSettings(NamedTuple):
+    max_queue_size: int
+    max_batch_size: int
+    schedule_delay: float  # seconds
+    export_timeout: float  # seconds
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> BatchSettings:
+        return cls(cfg.span_queue_size, cfg.span_batch_size, cfg.span_schedule_delay, cfg.span_export_timeout)
+
+
+class BatchQueue:
+    """Bounded queue + worker thread: exports a batch when one is full or the delay is up."""
+
+    def __init__(self, name: str, sink: SpanSink, settings: BatchSettings) -> None:
+        self.name = name
+        self.stats = ExportStats()
+        self._sink = sink
+        self._max_queue_size = settings.max_queue_size
+        self._max_batch_size = settings.max_batch_size
+        self._delay = settings.schedule_delay
+        self._queue: deque[SpanItem] = deque()  # append/popleft are atomic: no lock on the hot path
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()  # one export at a time: worker or flush()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name=f"span-export-{name}", daemon=True)
+        self._worker.start()
+
+    def put(self, item: SpanItem) -> None:
+        queue = self._queue
+        if len(queue) >= self._max_queue_size or self._closed:
+            self.stats.dropped += 1
+            return
+        queue.append(item)
+        self.stats.queued += 1
+        if len(queue) >= self._max_batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            full = self._wake.wait(self._delay)
+            self._wake.clear()
+            if not self._closed:  # woken by a full batch: send full ones, the rest waits for the delay
+                self._export(full_batches_only=full)
+        self._export()  # what was queued before shutdown()
+
+    def _export(self, full_batches_only: bool = False, deadline: float | None = None) -> bool:
+        """Export what is queued, in batches; False if `deadline` (monotonic) came first."""
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._export_lock.acquire(timeout=wait):
+            return False
         try:
-            result = self._inner.export(spans)
+            queue, size = self._queue, self._max_batch_size
+            while queue and (len(queue) >= size or not full_batches_only):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self._deliver([queue.popleft() for _ in range(min(size, len(queue)))])
+            return True
+        finally:
+            self._export_lock.release()
+
+    def _deliver(self, batch: list[SpanItem]) -> None:
+        try:
+            ok = self._sink.export(batch)
         except Exception:  # an exporter bug must not kill the export thread
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self._stats.exported += len(spans)
+            log.exception("span export raised", exporter=self.name, spans=len(batch))
+            ok = False
+        if ok:
+            self.stats.exported += len(batch)
         else:
-            self._stats.failed += len(spans)
-        return result
+            self.stats.failed += len(batch)
 
-    def shutdown(self) -> None:
-        self._inner.shutdown()
+    def flush(self, timeout: float) -> bool:
+        """Export everything queued now, from the caller's thread; False if `timeout` ran out."""
+        return self._export(deadline=time.monotonic() + timeout)
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+    def shutdown(self, timeout: float) -> None:
+        """Refuse new spans, export the queued ones (within `timeout`), stop the sink."""
+        self._closed = True
+        self._wake.set()
+        self._worker.join(timeout)
+        self._sink.shutdown()  # also aborts the retries of an export still running
+        if self._queue:
+            log.warning("spans not exported at shutdown", exporter=self.name, spans=len(self._queue))
 
 
-def _otlp(endpoint: str) -> SpanExporter:
+def _otlp(endpoint: str, timeout: float) -> SpanSink:
     # Imported lazily: grpc start-up costs ~100 ms and only OTLP users need it.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from .otlp_encode import SpanEncoder
+    export_method = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
     class Exporter(OTLPSpanExporter):
-        """The SDK's exporter (retries, headers, TLS, compression) with the direct encoder."""
+        """The SDK's exporter (endpoint, headers, TLS, compression, retries with backoff), sending our
+        bytes as they are: the generated stub would parse and re-serialize them (~2 us per span)."""
 
-        _encoder = SpanEncoder()
+        def __init__(self) -> None:
+            super().__init__(endpoint=endpoint)
+            self._timeout = min(self._timeout, timeout)  # per export, retries included
+            self._raw_stub()  # also for SDKs older than the reconnect hook below
 
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-            return ExportTraceServiceRequest.FromString(self._encoder.encode(data))
+        def _initialize_channel_and_stub(self) -> None:  # the SDK reconnects through it
+            super()._initialize_channel_and_stub()
+            self._raw_stub()
 
-    return Exporter(endpoint=endpoint)
+        def _raw_stub(self) -> None:
+            self._client = _RawStub(self._channel.unary_unary(
+                export_method, request_serializer=None,
+                response_deserializer=ExportTraceServiceResponse.FromString))
+
+        def _translate_data(self, data: Sequence[SpanItem]) -> bytes:  # type: ignore[override]
+            return encode_request(data)
+
+    class Sink:
+        def __init__(self) -> None:
+            self._exporter = Exporter()
+
+        def export(self, items: Sequence[SpanItem]) -> bool:
+            return self._exporter.export(items) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+
+        def shutdown(self) -> None:
+            self._exporter.shutdown()
+
+    return Sink()
+
+
+@dataclass(frozen=True, slots=True)
+class _RawStub:
+    """TraceService taking an already serialized ExportTraceServiceRequest."""
+
+    Export: Callable[..., object]  # noqa: N815 (the gRPC method name the SDK calls)
 
 
 class TraceExport:
-    """Fan-out of finished spans to the configured destinations."""
+    """Encodes sampled exchanges once and fans them out to the configured destinations."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.stats: dict[str, ExportStats] = {}
-        self._queue_size = cfg.span_queue_size
-        self._processors: list[tuple[BatchSpanProcessor, ExportStats]] = []
+    def __init__(self, cfg: Config, clock: Clock) -> None:
+        self._encoder = SpanEncoder(clock)
+        self._queues: list[BatchQueue] = []
+        settings = BatchSettings.from_config(cfg)
         if cfg.traces_endpoint:
-            self._add("otlp", _otlp(cfg.traces_endpoint))
+            self.add("otlp", _otlp(cfg.traces_endpoint, settings.export_timeout), settings)
         if cfg.printer != "disabled":
-            self._add("stdout", PrintExporter(cfg.printer), schedule_delay_millis=200)
+            self.add("stdout", PrintSink(cfg.printer), settings._replace(schedule_delay=PRINTER_DELAY_SECONDS))
+
+    def add(self, name: str, sink: SpanSink, settings: BatchSettings) -> None:
+        self._queues.append(BatchQueue(name, sink, settings))
+
+    @property
+    def stats(self) -> dict[str, ExportStats]:
+        return {q.name: q.stats for q in self._queues}
 
     @property
     def destinations(self) -> list[str]:
-        return list(self.stats)
+        return [q.name for q in self._queues]
 
-    def _add(self, name: str, exporter: SpanExporter, **batch: float) -> None:
-        stats = self.stats[name] = ExportStats()
-        processor = BatchSpanProcessor(_Counting(exporter, stats), max_queue_size=self._queue_size, **batch)
-        self._processors.append((processor, stats))
+    @staticmethod
+    def resource(resource: Resource) -> bytes:
+        """A process's resource, encoded once; pass it to every submit() of its spans."""
+        return encode_resource(resource.attributes)
 
-    def submit(self, span: ReadableSpan) -> None:
-        for processor, stats in self._processors:
-            # The SDK's queue drops silently when full: refuse (and count) before it would.
-            if stats.in_flight >= self._queue_size:
-                stats.dropped += 1
-                continue
-            stats.queued += 1
-            processor.on_end(span)
+    def submit(self, ex: Exchange, desc: SpanDescription, resource: bytes) -> None:
+        """Queue the span of a sampled exchange on every destination."""
+        if not self._queues:
+            return
+        item = SpanItem(resource, self._encoder.encode(ex, desc))
+        for queue in self._queues:
+            queue.put(item)
 
-    def flush(self, timeout_millis: int = 5000) -> None:
-        for processor, _ in self._processors:
-            processor.force_flush(timeout_millis)
+    def flush(self, timeout: float = 5.0) -> None:
+        for queue in self._queues:
+            queue.flush(timeout)
 
-    def shutdown(self) -> None:
-        for processor, _ in self._processors:
-            processor.shutdown()
+    def shutdown(self, timeout: float = 5.0) -> None:
+        for queue in self._queues:
+            queue.shutdown(timeout)

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from .base import Protocol
 
+_PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRequest
+
 
 def all_protocols() -> tuple[Protocol, ...]:
     """Every protocol, in the order detection tries them."""
     from .http1 import HTTP1
 
     return (HTTP1(),)
+
+
+def guess_protocol(request: bytes, response: bytes) -> str:
+    """What traffic no protocol module recognised looks like, for the unrecognised-traffic
+    counter: a cheap sniff of the first exchange's prefixes, never used for parsing."""
+    if request[:1] == b"\x16" and request[1:2] == b"\x03":
+        return "tls"
+    if request.startswith(b"PRI * HTTP/2.0"):
+        return "http2"
+    if request[:1] in (b"*", b"+") and b"\r\n" in request[:32]:
+        return "redis"
+    if len(request) >= 8 and int.from_bytes(request[4:8], "big") in _PG_STARTUP:
+        return "postgresql"
+    if request[:1] in (b"Q", b"P", b"B", b"X") and response[:1] in (b"T", b"C", b"1", b"2", b"E", b"Z"):
+        return "postgresql"
+    if len(request) >= 8 and int.from_bytes(request[:4], "big") == len(request) - 4 and request[4:6] < b"\x00\x80":
+        return "kafka"
+    if response.startswith(b"HTTP/") or request[:8].isalpha():
+        return "http"
+    return "unknown"

@@ -1,8 +1,9 @@
 """What a protocol module provides, shared by every protocol module.
 
-A protocol is one module in this package (listed in `all_protocols`): a `Protocol` subclass that can sniff the first
-bytes of a connection, make one `Stream` parser per direction, and describe a finished
-request/response pair as a span. The tracker only ever sees these types.
+A protocol is one module in this package (listed in `all_protocols`): a `Protocol` subclass that
+recognises a connection from its first exchange record (the first bytes of a request and of
+its response, with exact sizes and times), parses each record into a request and a response,
+and describes a finished pair as a span. The tracker only ever sees these types.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
+
+from ..bpf.events import ExchangeRecord
 
 
 class SpanKind(Enum):
@@ -42,37 +46,12 @@ class SpanDescription:
     error_type: str | None = None  # set => span status ERROR with this `error.type`
 
 
-@dataclass(slots=True)
-class ParseStats:
-    """Per-stream counters the pipeline sums into internal metrics."""
+class Parsed(NamedTuple):
+    """A protocol's reading of one exchange record."""
 
-    messages: int = 0
-    failures: int = 0  # times the stream lost its place and skipped input to resync
-
-
-class Stream(ABC):
-    """Parser of one direction of one connection. Never raises on bad input."""
-
-    def __init__(self) -> None:
-        self.stats = ParseStats()
-
-    @abstractmethod
-    def feed(self, data: bytes, size: int, ts_ns: int) -> list[Message]:
-        """Take the captured prefix `data` of a `size`-byte transfer; return completed messages.
-
-        `size >= len(data)`: bytes beyond the capture were moved by the kernel but not
-        copied, and still count towards bodies.
-        """
-
-    def expect(self, request: Message) -> None:
-        """On a response stream: the request this connection will answer next was parsed.
-
-        Lets a protocol frame responses that depend on the request (HTTP HEAD has no body).
-        """
-
-    def close(self, ts_ns: int) -> list[Message]:
-        """The connection closed: return a message that only the close completes, if any."""
-        return []
+    request: Message
+    response: Message | None  # None: the connection closed (or went idle) before an answer
+    ends_protocol: bool = False  # the connection stops speaking this protocol (upgrade, tunnel)
 
 
 class Protocol(ABC):
@@ -81,15 +60,14 @@ class Protocol(ABC):
     name: str
 
     @abstractmethod
-    def detect(self, data: bytes, is_request_side: bool) -> bool:
-        """Does this first captured chunk start a message of this protocol?
-
-        `is_request_side` is True for what a server receives / a client sends.
-        """
+    def detect(self, request: bytes, response: bytes) -> bool:
+        """Do the first exchange's prefixes (what a server receives / a client sends, and the
+        answer, possibly empty) speak this protocol?"""
 
     @abstractmethod
-    def new_stream(self, is_request_side: bool) -> Stream:
-        """A parser for one direction: requests if `is_request_side`, else responses."""
+    def parse(self, rec: ExchangeRecord) -> Parsed | None:
+        """Request and response of one exchange record; None when the bytes do not parse
+        (the tracker counts it). Never raises on bad input."""
 
     def path(self, request: Message) -> str | None:
         """The URL path of a request, which route grouping turns into `route`; None: no paths."""

@@ -1,215 +1,238 @@
-"""Per-connection state: protocol detection, one parser per direction, request/response join.
+"""Per-connection state, protocol detection, exchange records -> `Exchange`s with trace context.
 
-The role of a socket (server or client) comes from how the kernel saw it created: accept()
-or connect(). Only sockets that existed before the probes were attached arrive without a
-role; for those the first message that a protocol recognises as a request decides.
+The kernel sends one record per exchange (probes/exchange.h) and the role of the socket
+(server when its local port is a listening port of its namespace). The tracker binds a
+connection to the first protocol that recognises it, has the protocol parse each record,
+and gives each exchange its trace identity:
+
+- a server exchange continues an incoming traceparent, else starts a trace;
+- a client exchange is a child of the server exchange its thread was serving when the
+  request began (the kernel names it in the record). The child's record may arrive before
+  its parent's (the parent is only sent when its connection's next request begins, it
+  closes, or it goes idle), so children wait for their parent up to PARENT_WAIT_NS, then
+  go out as roots.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..bpf.events import ConnTuple, Direction, Event, EventType, Role
-from ..protocols.base import Message, Protocol, SpanKind, Stream
-from .context import TraceContext, client_context, server_context
+import structlog
+
+from ..bpf.events import NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, Role
+from ..protocols import guess_protocol
+from ..protocols.base import Parsed, Protocol, SpanKind
+from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
 from .exchange import Exchange
 
-# Chunks of request-side data without a recognised protocol before a connection is ignored.
+# Exchanges of a connection no protocol recognises before it is given up as unrecognised.
 DETECT_ATTEMPTS = 3
-# Requests in flight on one connection (pipelining) before the oldest is given up.
-MAX_PENDING = 64
+# How long a client exchange waits for the record of the server exchange it belongs to.
+PARENT_WAIT_NS = 3_000_000_000
+# Server contexts remembered for children whose record comes after their parent's.
+RECENT_PARENTS = 4096
+
+log = structlog.get_logger()
 
 
 @dataclass(slots=True)
 class TrackerStats:
-    events: int = 0
+    records: int = 0
     bytes: int = 0
     exchanges: int = 0
     connections_evicted: int = 0
-    unanswered_dropped: int = 0  # pipelined requests beyond MAX_PENDING
+    duplicates: int = 0  # exchanges the kernel sent again after user space ended them idle
     parse_failures: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Pending:
-    request: Message
-    context: TraceContext
-    tid: int
+    unrecognised_connections: dict[tuple[str, int], int] = field(default_factory=dict)  # (guess, port)
+    unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class Connection:
-    __slots__ = ("role", "conn", "pid", "ns_pid", "protocol", "requests", "responses",
-                 "pending", "attempts", "ignored", "tls")
+    __slots__ = ("role", "conn", "pid", "ns_pid", "protocol", "attempts", "ignored", "tls", "guess", "counted")
 
-    def __init__(self, role: Role, conn: ConnTuple, pid: int, ns_pid: int) -> None:
+    def __init__(self, role: Role, conn: ConnTuple, pid: int, ns_pid: int, tls: bool) -> None:
         self.role = role
         self.conn = conn
         self.pid = pid
         self.ns_pid = ns_pid
+        self.tls = tls  # its exchanges are TLS plaintext (the library probes)
         self.protocol: Protocol | None = None
-        self.requests: Stream | None = None
-        self.responses: Stream | None = None
-        self.pending: deque[_Pending] = deque()
         self.attempts = 0
         self.ignored = False
-        self.tls = False  # its bytes come from the TLS library probes (plaintext)
+        self.guess = ""  # what its first exchange looked like, when no protocol recognised it
+        self.counted = False  # counted as unrecognised
 
-
-def _is_request_side(role: Role, direction: Direction) -> bool:
-    return (role is Role.SERVER) == (direction is Direction.RECV)
+    @property
+    def server_port(self) -> int:
+        return self.conn.local_port if self.role is Role.SERVER else self.conn.remote_port
 
 
 class Tracker:
-    """Turns kernel events into `Exchange`s handed to `emit`."""
+    """Turns connection events and exchange records into `Exchange`s handed to `emit`."""
 
     def __init__(self, protocols: tuple[Protocol, ...], emit: Callable[[Exchange], None],
-                 max_connections: int = 65536) -> None:
+                 max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> None:
         self._protocols = protocols
         self._emit = emit
         self._max_connections = max_connections
+        self._sampler = sampler
         self._conns: OrderedDict[int, Connection] = OrderedDict()
-        # host tid -> the server span that thread is serving right now
-        self._serving: dict[int, TraceContext] = {}
+        self._swept: dict[int, int] = {}  # sock_id -> req_start_ns of the exchange ended idle
+        self._parents: OrderedDict[tuple[int, int], TraceContext] = OrderedDict()
+        self._waiting: dict[tuple[int, int], list[tuple[int, Connection, ExchangeRecord, Parsed]]] = {}
+        self._logged: set[tuple[int, int]] = set()  # (pid, port) of unrecognised traffic, logged once
+        self._per_pid: dict[int, int] = {}  # host pid -> its open connections
         self.stats = TrackerStats()
 
     def __len__(self) -> int:
         return len(self._conns)
 
     @property
-    def serving_threads(self) -> int:
-        return len(self._serving)
+    def waiting(self) -> int:
+        """Client exchanges waiting for their parent's record."""
+        return sum(len(v) for v in self._waiting.values())
 
     def handle(self, ev: Event) -> None:
-        self.stats.events += 1
-        if ev.type is EventType.DATA:
-            self.stats.bytes += ev.bytes
-            self._data(ev)
-        elif ev.type is EventType.CONN_OPEN:
-            self._close(ev.sock_id, ev.ts_ns)  # the kernel reused the address of a socket we missed closing
-            self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid)
+        """A CONN_OPEN or CONN_CLOSE event."""
+        if ev.type is EventType.CONN_OPEN:
+            self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid, ev.tls)
         else:
-            self._close(ev.sock_id, ev.ts_ns)
+            self._close(ev.sock_id)
 
-    def forget_thread(self, tid: int) -> None:
-        self._serving.pop(tid, None)
+    def exchange(self, rec: ExchangeRecord) -> None:
+        """One exchange record from the kernel."""
+        if self._swept.get(rec.sock_id) == rec.req_start_ns:
+            del self._swept[rec.sock_id]
+            self.stats.duplicates += 1
+            return
+        self._record(rec)
 
-    def forget_process(self, pid: int, ts_ns: int) -> None:
-        """The process (host pid) exited: its connections end as if closed now (a response
-        delimited by the close completes; unanswered requests end without one)."""
+    def sweep(self, records: Iterable[ExchangeRecord]) -> None:
+        """Exchanges found idle in the kernel's state: ended now; the kernel's own record of
+        each, sent later, is dropped."""
+        for rec in records:
+            if self._swept.get(rec.sock_id) == rec.req_start_ns:
+                continue  # already ended by an earlier sweep
+            self._record(rec)  # first: a connection it opens forgets the sock_id's swept mark
+            self._swept[rec.sock_id] = rec.req_start_ns
+
+    def expire(self, now_ns: int) -> None:
+        """Children whose parent never came: out as roots."""
+        for key in [k for k, v in self._waiting.items() if v[0][0] <= now_ns]:
+            for _, c, rec, parsed in self._waiting.pop(key):
+                self._finish(c, rec, parsed, client_context(None, self._sampler))
+
+    def has_connections(self, pid: int) -> bool:
+        """Does the process (host pid) still have open connections?"""
+        return pid in self._per_pid
+
+    def forget_process(self, pid: int) -> None:
+        """The process (host pid) exited and its sockets' records are in: drop what is left."""
         for sock_id in [s for s, c in self._conns.items() if c.pid == pid]:
-            self._close(sock_id, ts_ns)
+            self._close(sock_id)
 
-    def _open(self, sock_id: int, role: Role, conn: ConnTuple, pid: int, ns_pid: int) -> Connection:
-        c = self._conns[sock_id] = Connection(role, conn, pid, ns_pid)
+    def _open(self, sock_id: int, role: Role, conn: ConnTuple, pid: int, ns_pid: int, tls: bool) -> Connection:
+        old = self._conns.pop(sock_id, None)
+        if old is not None:
+            self._count_unrecognised(old)  # the address was reused, or the socket turned TLS
+            self._drop(old)  # its process may not be this one
+        self._per_pid[pid] = self._per_pid.get(pid, 0) + 1
+        c = self._conns[sock_id] = Connection(role, conn, pid, ns_pid, tls)
+        self._swept.pop(sock_id, None)
         if len(self._conns) > self._max_connections:
-            self._conns.popitem(last=False)
+            self._drop(self._conns.popitem(last=False)[1])
             self.stats.connections_evicted += 1
         return c
 
-    def _data(self, ev: Event) -> None:
-        c = self._conns.get(ev.sock_id)
-        if c is None:
-            c = self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid)
-        if ev.tls != c.tls and not self._switch_tls(c, ev.tls):
-            return
-        if c.ignored:
-            return
-        if c.protocol is None and not self._detect(c, ev):
-            return
-        request_side = _is_request_side(c.role, ev.direction)
-        stream = c.requests if request_side else c.responses
-        assert stream is not None
-        failures = stream.stats.failures
-        messages = stream.feed(ev.payload, ev.bytes, ev.ts_ns)
-        if stream.stats.failures != failures:
-            self._count_failures(c, stream.stats.failures - failures)
-        for msg in messages:
-            if request_side:
-                self._request(c, msg, ev.tid)
-            else:
-                self._response(c, msg)
+    def _close(self, sock_id: int) -> None:
+        self._swept.pop(sock_id, None)
+        c = self._conns.pop(sock_id, None)
+        if c is not None:
+            self._count_unrecognised(c)
+            self._drop(c)
 
-    def _detect(self, c: Connection, ev: Event) -> bool:
-        if c.role is Role.UNKNOWN:
-            for proto in self._protocols:
-                if proto.detect(ev.payload, True):
-                    c.role = Role.SERVER if ev.direction is Direction.RECV else Role.CLIENT
-                    self._bind(c, proto)
-                    return True
-        elif _is_request_side(c.role, ev.direction):
-            for proto in self._protocols:
-                if proto.detect(ev.payload, True):
-                    self._bind(c, proto)
-                    return True
+    def _drop(self, c: Connection) -> None:
+        left = self._per_pid.get(c.pid, 0) - 1
+        if left > 0:
+            self._per_pid[c.pid] = left
         else:
-            return False  # responses before any recognised request are not ours to parse
+            self._per_pid.pop(c.pid, None)
+
+    def _record(self, rec: ExchangeRecord) -> None:
+        self.stats.records += 1
+        self.stats.bytes += rec.req_bytes + rec.resp_bytes
+        c = self._conns.get(rec.sock_id)
+        if c is None:  # its CONN_OPEN was lost (full ring) or evicted
+            c = self._open(rec.sock_id, rec.role, NO_TUPLE, rec.pid, rec.ns_pid, rec.tls)
+        if c.ignored:
+            if c.counted:
+                self._add_unrecognised_bytes(c, rec)
+            return
+        if c.protocol is None and not self._detect(c, rec):
+            return
+        assert c.protocol is not None
+        parsed = c.protocol.parse(rec)
+        if parsed is None:
+            name = c.protocol.name
+            self.stats.parse_failures[name] = self.stats.parse_failures.get(name, 0) + 1
+            return
+        if parsed.ends_protocol:
+            c.ignored = True
+        if c.role is Role.SERVER:
+            ctx = server_context(parsed.request.traceparent, self._sampler)
+            self._remember_parent(rec.key, ctx)
+            self._finish(c, rec, parsed, ctx)
+            for _, child, child_rec, child_parsed in self._waiting.pop(rec.key, ()):
+                self._finish(child, child_rec, child_parsed, client_context(ctx, self._sampler))
+            return
+        parent = self._parents.get(rec.parent) if rec.parent else None
+        if rec.parent and parent is None:
+            wait = self._waiting.setdefault(rec.parent, [])
+            wait.append((rec.req_start_ns + PARENT_WAIT_NS, c, rec, parsed))
+            return
+        self._finish(c, rec, parsed, client_context(parent, self._sampler))
+
+    def _detect(self, c: Connection, rec: ExchangeRecord) -> bool:
+        for proto in self._protocols:
+            if proto.detect(rec.request, rec.response):
+                c.protocol = proto
+                return True
         c.attempts += 1
+        if c.attempts == 1:
+            c.guess = guess_protocol(rec.request, rec.response)
+        self._add_unrecognised_bytes(c, rec)
         if c.attempts >= DETECT_ATTEMPTS:
-            c.ignored = True  # e.g. TLS ciphertext or an unsupported protocol: no noise
+            self._count_unrecognised(c)
         return False
 
-    @staticmethod
-    def _switch_tls(c: Connection, tls: bool) -> bool:
-        """Plaintext from the TLS probes on a connection seen so far as socket bytes: those
-        were the handshake's ciphertext, so detection starts afresh on the plaintext.
-        Socket bytes on a TLS connection (ciphertext the kernel sent before it knew the
-        socket was TLS) are dropped: False."""
-        if not tls:
-            return False
-        c.tls = True
-        c.ignored = False
-        c.attempts = 0
-        c.protocol = c.requests = c.responses = None
-        c.pending.clear()
-        return True
+    def _add_unrecognised_bytes(self, c: Connection, rec: ExchangeRecord) -> None:
+        key = (c.guess, c.server_port)
+        self.stats.unrecognised_bytes[key] = self.stats.unrecognised_bytes.get(key, 0) + \
+            rec.req_bytes + rec.resp_bytes
 
-    @staticmethod
-    def _bind(c: Connection, proto: Protocol) -> None:
-        c.protocol = proto
-        c.requests = proto.new_stream(True)
-        c.responses = proto.new_stream(False)
+    def _count_unrecognised(self, c: Connection) -> None:
+        """A connection no protocol recognised (given up, or closed first): counted once, by
+        the guess from its first exchange and its server port; logged once per process and port."""
+        if c.protocol is not None or c.counted or not c.attempts:
+            return
+        c.ignored = c.counted = True
+        key = (c.guess, c.server_port)
+        self.stats.unrecognised_connections[key] = self.stats.unrecognised_connections.get(key, 0) + 1
+        if (c.pid, c.server_port) not in self._logged and len(self._logged) < 4096:
+            self._logged.add((c.pid, c.server_port))
+            log.warning("unrecognised traffic: not traced", pid=c.ns_pid, port=c.server_port, guess=c.guess,
+                        role=c.role.name.lower())
 
-    def _request(self, c: Connection, msg: Message, tid: int) -> None:
-        if c.role is Role.SERVER:
-            ctx = server_context(msg.traceparent)
-            self._serving[tid] = ctx
-        else:
-            ctx = client_context(self._serving.get(tid))
-        if len(c.pending) >= MAX_PENDING:
-            c.pending.popleft()
-            self.stats.unanswered_dropped += 1
-        c.pending.append(_Pending(msg, ctx, tid))
-        assert c.responses is not None
-        c.responses.expect(msg)
+    def _remember_parent(self, key: tuple[int, int], ctx: TraceContext) -> None:
+        self._parents[key] = ctx
+        if len(self._parents) > RECENT_PARENTS:
+            self._parents.popitem(last=False)
 
-    def _response(self, c: Connection, msg: Message) -> None:
-        if not c.pending:
-            return  # a response whose request was sent before we attached
-        self._finish(c, c.pending.popleft(), msg)
-
-    def _finish(self, c: Connection, pending: _Pending, response: Message | None) -> None:
+    def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext) -> None:
         assert c.protocol is not None
         kind = SpanKind.SERVER if c.role is Role.SERVER else SpanKind.CLIENT
-        if kind is SpanKind.SERVER and self._serving.get(pending.tid) is pending.context:
-            del self._serving[pending.tid]
         self.stats.exchanges += 1
-        self._emit(Exchange(c.protocol, kind, pending.request, response, pending.context,
-                            c.pid, pending.tid, c.ns_pid, c.conn, c.tls))
-
-    def _close(self, sock_id: int, ts_ns: int) -> None:
-        c = self._conns.pop(sock_id, None)
-        if c is None or c.protocol is None:
-            return
-        assert c.responses is not None
-        for msg in c.responses.close(ts_ns):
-            if c.pending:
-                self._finish(c, c.pending.popleft(), msg)
-        while c.pending:
-            self._finish(c, c.pending.popleft(), None)
-
-    def _count_failures(self, c: Connection, n: int) -> None:
-        assert c.protocol is not None
-        name = c.protocol.name
-        self.stats.parse_failures[name] = self.stats.parse_failures.get(name, 0) + n
+        self._emit(Exchange(c.protocol, kind, parsed.request, parsed.response, ctx,
+                            c.pid, rec.tid, c.ns_pid, c.conn, c.tls))

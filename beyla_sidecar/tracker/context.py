@@ -1,9 +1,10 @@
-"""Trace identity: random ids, W3C traceparent, and which server span a thread is serving."""
+"""Trace identity: random ids, W3C traceparent, the sampling decision."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 
 def new_span_id() -> int:
@@ -45,17 +46,92 @@ def parse_traceparent(value: str | None) -> tuple[int, int, bool] | None:
     return trace_id, span_id, bool(flags & 1)
 
 
-def server_context(traceparent: str | None) -> TraceContext:
+class Sampler(Protocol):
+    """The OTEL_TRACES_SAMPLER decision for a new span.
+
+    `parent_sampled` is the parent's sampled flag (remote: the traceparent's; local: the
+    serving span's), None for a root span.
+    """
+
+    def __call__(self, trace_id: int, parent_sampled: bool | None) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AlwaysOn:
+    def __call__(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class AlwaysOff:
+    def __call__(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        return False
+
+
+TRACE_ID_LOW_64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TraceIdRatio:
+    """The OTel SDKs' TraceIdRatioBased: a pure function of the trace id's low 64 bits, so
+    every service (and other SDKs) keeps or drops the same traces."""
+
+    ratio: float
+    bound: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"sampling ratio {self.ratio} is not within 0..1")
+        object.__setattr__(self, "bound", round(self.ratio * (TRACE_ID_LOW_64 + 1)))
+
+    def __call__(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        return trace_id & TRACE_ID_LOW_64 < self.bound
+
+
+@dataclass(frozen=True, slots=True)
+class ParentBased:
+    """A parent's decision is followed (remote or local); `root` decides for root spans."""
+
+    root: Sampler
+
+    def __call__(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        return self.root(trace_id, None) if parent_sampled is None else parent_sampled
+
+
+def make_sampler(name: str, ratio: float = 1.0) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER names; `ratio` (OTEL_TRACES_SAMPLER_ARG) for the ratio ones."""
+    base = name.removeprefix("parentbased_")
+    root: Sampler
+    match base:
+        case "always_on":
+            root = AlwaysOn()
+        case "always_off":
+            root = AlwaysOff()
+        case "traceidratio":
+            root = TraceIdRatio(ratio)
+        case _:
+            raise ValueError(f"unknown sampler {name!r}")
+    return ParentBased(root) if base != name else root
+
+
+# The OTel default: keep what the caller kept, drop what it dropped, sample every root.
+PARENT_BASED_ALWAYS_ON: Sampler = ParentBased(AlwaysOn())
+
+
+def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
     """Context of a server span: child of the caller's span when a valid traceparent came in."""
     incoming = parse_traceparent(traceparent)
     if incoming is None:
-        return TraceContext(new_trace_id(), new_span_id())
-    trace_id, parent, sampled = incoming
-    return TraceContext(trace_id, new_span_id(), parent, True, sampled)
+        trace_id = new_trace_id()
+        return TraceContext(trace_id, new_span_id(), sampled=sampler(trace_id, None))
+    trace_id, parent, parent_sampled = incoming
+    return TraceContext(trace_id, new_span_id(), parent, True, sampler(trace_id, parent_sampled))
 
 
-def client_context(serving: TraceContext | None) -> TraceContext:
+def client_context(serving: TraceContext | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
     """Context of a client span: child of the server span its thread is serving, if any."""
     if serving is None:
-        return TraceContext(new_trace_id(), new_span_id())
-    return TraceContext(serving.trace_id, new_span_id(), serving.span_id, False, serving.sampled)
+        trace_id = new_trace_id()
+        return TraceContext(trace_id, new_span_id(), sampled=sampler(trace_id, None))
+    return TraceContext(serving.trace_id, new_span_id(), serving.span_id, False,
+                        sampler(serving.trace_id, serving.sampled))

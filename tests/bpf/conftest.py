@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from beyla_sidecar.bpf.events import Decoder, Event
+from beyla_sidecar.bpf.events import Decoder, Event, ExchangeRecord
 from beyla_sidecar.bpf.loader import Probes
 
 
@@ -70,10 +70,10 @@ def traffic() -> Iterator[Callable[[list[dict], bool], Traffic]]:
             run.proc.wait()
 
 
-def collect(probes: Probes, done: Callable[[list[Event]], bool], wait_s: float = 5.0) -> list[Event]:
+def collect(probes: Probes, done: Callable[[list], bool], wait_s: float = 5.0) -> list[Event | ExchangeRecord]:
     """Drain the ring buffer until done(events) or wait_s passed; then drain once more so
     that any unexpected extra record is seen too."""
-    events: list[Event] = []
+    events: list[Event | ExchangeRecord] = []
     decoder = Decoder()
 
     def keep(record: bytes) -> None:

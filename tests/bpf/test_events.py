@@ -1,106 +1,139 @@
-"""The Python decoder and probes/beyla.h agree on the record layout (checked by a C compiler)."""
+"""The Python decoder and the probes agree on the record layout: probes/beyla.h read by a C
+compiler, and the kernel-side connection state read from the built object's BTF."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
-import struct
 import subprocess
 from pathlib import Path
 
-import pytest
+from beyla_sidecar.bpf import events
+from beyla_sidecar.bpf.events import (CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA, PROCESS_EVENTS, Decoder,
+                                      End, EventType, ExchangeRecord, Role, decode_exchange)
+from beyla_sidecar.bpf.loader import _LISTEN_KEY
 
-from beyla_sidecar.bpf.events import (HEADER, HEADER_SIZE, MAX_CAPTURE, PROCESS_EVENTS, Decoder, Direction,
-                                      EventType, Role)
-
-PROBES = Path(__file__).resolve().parents[2] / "probes"
+REPO = Path(__file__).resolve().parents[2]
+OBJECT = REPO / "beyla_sidecar" / "bpf" / "objects" / "beyla.bpf.o"
 
 LAYOUT_C = r"""
 #include <stdio.h>
 #include <stddef.h>
 #include <linux/types.h>
 #include "beyla.h"
-#define F(m) printf("%s %zu\n", #m, offsetof(struct event_header, m));
+#define E(m) printf("exchange.%s %zu\n", #m, offsetof(struct exchange, m));
+#define C(m) printf("conn_event.%s %zu\n", #m, offsetof(struct conn_event, m));
 int main(void) {
-    printf("size %zu\nmax %d\n", sizeof(struct event_header), MAX_CAPTURE);
-    F(ts_ns) F(sock_id) F(pid) F(tid) F(ns_pid) F(ns_tid) F(bytes) F(capture_len) F(type)
-    F(direction) F(role) F(flags) F(tuple) F(comm)
+    printf("conn_event %zu\nreq_max %d\nresp_max %d\ntp %d\n", sizeof(struct conn_event),
+           REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, TRACEPARENT_CAPTURE);
+    C(type) C(role) C(flags) C(pid) C(tid) C(ns_pid) C(ns_tid) C(ts_ns) C(sock_id) C(tuple) C(comm)
+    E(type) E(flags) E(role) E(end) E(pid) E(ns_pid) E(tid) E(sock_id) E(req_start_ns) E(req_end_ns)
+    E(resp_start_ns) E(resp_end_ns) E(req_bytes) E(resp_bytes) E(parent_sock) E(parent_start)
+    E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(traceparent) E(data)
+    printf("FLAG_TLS %d\nFLAG_TRACEPARENT %d\nFLAG_TRUNCATED %d\nEND_NEXT_REQUEST %d\nEND_CLOSE %d\n",
+           FLAG_TLS, FLAG_TRACEPARENT, FLAG_TRUNCATED, END_NEXT_REQUEST, END_CLOSE);
+    printf("EVENT_EXCHANGE %d\nEVENT_PROCESS_LISTEN %d\n", EVENT_EXCHANGE, EVENT_PROCESS_LISTEN);
     return 0;
 }
 """
 
 
-def test_header_layout_matches_beyla_h(tmp_path: Path) -> None:
+def beyla_h_layout(tmp_path: Path) -> dict[str, int]:
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "a C compiler is needed to read beyla.h's layout"
     (tmp_path / "layout.c").write_text(LAYOUT_C)
-    subprocess.run([cc, f"-I{PROBES}", "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")], check=True)
-    out = dict(line.split() for line in subprocess.run([str(tmp_path / "layout")], capture_output=True,
-                                                         text=True, check=True).stdout.splitlines())
-    assert int(out["size"]) == HEADER_SIZE == HEADER.size == 104
-    assert int(out["max"]) == MAX_CAPTURE
-    offsets = {k: int(v) for k, v in out.items() if k not in ("size", "max")}
-    assert offsets == {"ts_ns": 0, "sock_id": 8, "pid": 16, "tid": 20, "ns_pid": 24, "ns_tid": 28, "bytes": 32,
-                       "capture_len": 36, "type": 38, "direction": 39, "role": 40, "flags": 41, "tuple": 48,
-                       "comm": 88}
+    subprocess.run([cc, f"-I{REPO / 'probes'}", "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")],
+                   check=True)
+    out = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-def record(etype: int = 1, cap: int = 5, payload: bytes = b"hello", family: int = socket.AF_INET,
-           direction: int = 1, role: int = 1, flags: int = 0) -> bytes:
+def btf_struct(name: str) -> tuple[int, dict[str, int]]:
+    """Size and member byte offsets of a struct in the built object's BTF."""
+    dump = json.loads(subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(OBJECT)],
+                                     capture_output=True, text=True, check=True).stdout)
+    found = [t for t in dump["types"] if t.get("kind") == "STRUCT" and t.get("name") == name]
+    assert len(found) == 1, name
+    return found[0]["size"], {m["name"]: m["bits_offset"] // 8 for m in found[0]["members"]}
+
+
+def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
+    out = beyla_h_layout(tmp_path)
+    assert out["conn_event"] == CONN_EVENT.size == 96
+    assert [out[f"conn_event.{m}"] for m in ("type", "role", "flags", "pid", "tid", "ns_pid", "ns_tid", "ts_ns",
+                                             "sock_id", "tuple", "comm")] == [0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 80]
+    assert out["exchange.traceparent"] == EXCHANGE.size == 104
+    assert out["exchange.data"] == EXCHANGE_DATA == 104 + out["tp"] == 104 + events.TRACEPARENT_CAPTURE
+    assert [out[f"exchange.{m}"] for m in ("sock_id", "req_start_ns", "resp_bytes", "parent_sock", "req_head",
+                                           "req_len", "resp_off")] == [16, 24, 64, 72, 88, 96, 100]
+    assert (out["req_max"], out["resp_max"]) == (events.REQ_CAPTURE_MAX, events.RESP_CAPTURE_MAX)
+    assert (out["FLAG_TLS"], out["FLAG_TRACEPARENT"], out["FLAG_TRUNCATED"]) == (
+        events.FLAG_TLS, events.FLAG_TRACEPARENT, events.FLAG_TRUNCATED)
+    assert (out["END_NEXT_REQUEST"], out["END_CLOSE"]) == (End.NEXT_REQUEST, End.CLOSE)
+    assert (out["EVENT_EXCHANGE"], out["EVENT_PROCESS_LISTEN"]) == (EventType.EXCHANGE, EventType.PROCESS_LISTEN)
+
+
+def test_kernel_state_layouts_match_the_object_btf() -> None:
+    size, members = btf_struct("exchange")
+    assert members["traceparent"] == EXCHANGE.size and members["data"] == EXCHANGE_DATA
+    assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
+    size, members = btf_struct("conn_state")
+    assert members["rec"] == CONN_STATE.size == 16 and members["phase"] == 0
+    size, members = btf_struct("listen_key")
+    assert size == _LISTEN_KEY.size and members == {"netns": 0, "port": 4, "_pad": 6}
+
+
+def exchange_record(request: bytes = b"GET / HTTP/1.1\r\n\r\n", response: bytes = b"HTTP/1.1 200 OK\r\n\r\n",
+                    flags: int = 0, end: int = 1, role: int = 1, resp_off: int = 256,
+                    traceparent: bytes = b"") -> bytes:
+    head = EXCHANGE.pack(EventType.EXCHANGE, flags, role, end, 1000, 7, 1001, 0xFFFF8881, 10, 20, 30, 40,
+                         5000, 6000, 0xAB, 5, 18, 19, len(request), len(response), resp_off)
+    data = bytearray(resp_off + 64)
+    data[:len(request)] = request
+    data[resp_off:resp_off + len(response)] = response
+    return head + traceparent.ljust(events.TRACEPARENT_CAPTURE, b"\0") + bytes(data)
+
+
+def test_decode_exchange_record() -> None:
+    rec = Decoder().decode(exchange_record(flags=events.FLAG_TLS | events.FLAG_TRACEPARENT,
+                                           traceparent=b"traceparent: 00-abc"))
+    assert isinstance(rec, ExchangeRecord)
+    assert rec == ExchangeRecord(0xFFFF8881, 1000, 7, 1001, Role.SERVER, End.NEXT_REQUEST, 3, 10, 20, 30, 40,
+                                 5000, 6000, (0xAB, 5), 18, 19, b"GET / HTTP/1.1\r\n\r\n",
+                                 b"HTTP/1.1 200 OK\r\n\r\n", b"traceparent: 00-abc".ljust(events.TRACEPARENT_CAPTURE, b"\0"))
+    assert rec.tls and rec.key == (0xFFFF8881, 10)
+    assert decode_exchange(exchange_record(), End.SWEEP).end is End.SWEEP  # type: ignore[union-attr]
+
+
+def test_malformed_exchange_records_are_rejected() -> None:
+    good = exchange_record()
+    assert decode_exchange(good[:EXCHANGE_DATA - 1]) is None  # truncated header
+    assert decode_exchange(good[:EXCHANGE_DATA + 100]) is None  # response prefix beyond the record
+    assert decode_exchange(exchange_record(end=9)) is None
+    assert decode_exchange(exchange_record(role=5)) is None
+    assert decode_exchange(exchange_record(request=b"x" * 300)) is None  # request prefix past resp_off
+    assert Decoder().decode(b"") is None
+
+
+def conn_record(etype: int, family: int = socket.AF_INET, flags: int = 0) -> bytes:
     saddr = socket.inet_pton(socket.AF_INET, "10.1.2.3") + bytes(12)
     daddr = socket.inet_pton(socket.AF_INET, "10.9.8.7") + bytes(12)
-    return HEADER.pack(123, 0xFFFF8881, 1000, 1001, 7, 8, 4096, cap, etype, direction, role, flags,
-                       saddr, daddr, 8080, 43210, family, b"nginx\0\0\0\0\0\0\0\0\0\0\0") + payload
+    return CONN_EVENT.pack(etype, 1, flags, 1000, 1001, 7, 8, 123, 0xFFFF8881, saddr, daddr, 8080, 43210,
+                           family, b"nginx".ljust(16, b"\0"))
 
 
-def test_decode_data_record() -> None:
-    ev = Decoder().decode(record())
-    assert ev is not None
-    assert (ev.type, ev.direction, ev.role) == (EventType.DATA, Direction.RECV, Role.SERVER)
-    assert (ev.ts_ns, ev.sock_id, ev.pid, ev.tid, ev.ns_pid, ev.ns_tid, ev.bytes) == (123, 0xFFFF8881, 1000, 1001,
-                                                                                      7, 8, 4096)
-    assert ev.tuple == ("10.1.2.3", 8080, "10.9.8.7", 43210) and ev.comm == "nginx" and ev.payload == b"hello"
-    assert not ev.tls
-
-
-def test_decode_tls_plaintext_and_process_events() -> None:
-    ev = Decoder().decode(record(flags=1))
-    assert ev is not None and ev.tls and ev.type is EventType.DATA
-    for etype in EventType:
-        ev = Decoder().decode(record(etype=etype, cap=0, payload=b""))
-        assert ev is not None and ev.type is etype
-    assert PROCESS_EVENTS == {e for e in EventType if e.name.startswith("PROCESS_")}
-
-
-def test_decode_ipv6_and_v4_mapped() -> None:
-    raw = bytearray(record(family=socket.AF_INET6))
-    raw[48:64] = socket.inet_pton(socket.AF_INET6, "fd00::1")
-    raw[64:80] = socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.9")
-    ev = Decoder().decode(bytes(raw))
-    assert ev is not None and ev.tuple.local_addr == "fd00::1" and ev.tuple.remote_addr == "10.0.0.9"
-
-
-@pytest.mark.parametrize("raw", [b"", b"\0" * 50, record(etype=9), record(direction=5), record(role=7)])
-def test_malformed_records_are_rejected(raw: bytes) -> None:
-    assert Decoder().decode(raw) is None
-
-
-def test_capture_len_beyond_the_record_is_clamped() -> None:
-    ev = Decoder().decode(record(cap=500, payload=b"abc"))
-    assert ev is not None and ev.payload == b"abc"
-
-
-def test_header_struct_is_little_endian_and_unpadded() -> None:
-    assert HEADER.format.startswith("<") and struct.calcsize(HEADER.format) == HEADER_SIZE
-
-
-def test_decoder_caches_stay_bounded() -> None:
-    from beyla_sidecar.bpf.events import CACHE_LIMIT
-
+def test_decode_connection_and_process_events() -> None:
     decoder = Decoder()
-    for i in range(CACHE_LIMIT * 2):
-        raw = bytearray(record())
-        raw[64:68] = i.to_bytes(4, "big")  # remote address: a new one each time
-        ev = decoder.decode(bytes(raw))
-        assert ev is not None and ev.tuple.remote_addr == socket.inet_ntop(socket.AF_INET, i.to_bytes(4, "big"))
-    assert len(decoder._addrs) <= CACHE_LIMIT
+    ev = decoder.decode(conn_record(EventType.CONN_OPEN, flags=events.FLAG_TLS))
+    assert ev is not None and not isinstance(ev, ExchangeRecord)
+    assert (ev.type, ev.role, ev.ts_ns, ev.sock_id, ev.pid, ev.tid, ev.ns_pid, ev.ns_tid, ev.comm, ev.tls) == (
+        EventType.CONN_OPEN, Role.SERVER, 123, 0xFFFF8881, 1000, 1001, 7, 8, "nginx", True)
+    assert ev.tuple == ("10.1.2.3", 8080, "10.9.8.7", 43210)
+    for etype in PROCESS_EVENTS:
+        decoded = decoder.decode(conn_record(etype))
+        assert decoded is not None and decoded.type == etype  # type: ignore[union-attr]
+    assert decoder.decode(conn_record(9)) is None
+    assert decoder.decode(conn_record(EventType.CONN_OPEN)[:50]) is None
+    v6 = decoder.decode(conn_record(EventType.CONN_CLOSE, family=socket.AF_INET6))
+    assert v6 is not None and v6.tuple.local_addr == "a01:203::"  # type: ignore[union-attr]

@@ -11,18 +11,19 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from beyla_sidecar.bpf import features
-from beyla_sidecar.bpf.events import Direction, Event, EventType, Role
+from beyla_sidecar.bpf.events import End, Event, EventType, ExchangeRecord, Role
 from beyla_sidecar.bpf.libbpf import BpfError, BpfObject
 from beyla_sidecar.bpf.loader import Probes, pid_namespace_inode
 from beyla_sidecar.bpf.strategy import TRACEPOINT, UPROBE_PROGRAMS
 
-from ..kernel import bpf_prog_ids, loaded_programs
+from ..kernel import bpf_prog_ids, loaded_programs, still_loaded, still_loaded
 from .conftest import Traffic, collect
 from .traffic import payload
 
@@ -36,31 +37,35 @@ PLAN = [
 REPO = Path(__file__).resolve().parents[2]
 
 
-def expected_capture(step_method: str, data: bytes, capture_size: int) -> bytes:
-    """What the probes capture of one syscall: the first iovec, at most capture_size."""
-    first = data[: len(data) // 2] if step_method in ("sendmsg2", "readv2") else data
-    return first[:capture_size]
+def first_iovec(method: str, data: bytes) -> bytes:
+    """What the probes see of one syscall's buffer: the first iovec."""
+    return data[: len(data) // 2] if method in ("sendmsg2", "readv2") else data
 
 
-def expected_data(plan: list[dict], capture_size: int) -> list[tuple[Role, Direction, int, bytes]]:
+def expected_exchanges(plan: list[dict], req_capture: int, resp_capture: int) -> list[tuple]:
+    """(role, end, request bytes, response bytes, request prefix, response prefix) of each
+    exchange: one per step and side; the last ends with the close."""
     out = []
     for i, step in enumerate(plan):
         req, rep = payload(f"req{i}", step["request"]), payload(f"rep{i}", step["reply"])
+        end = End.CLOSE if i == len(plan) - 1 else End.NEXT_REQUEST
         out += [
-            (Role.CLIENT, Direction.SEND, len(req), expected_capture(step["send"], req, capture_size)),
-            (Role.SERVER, Direction.RECV, len(req), expected_capture(step["recv"], req, capture_size)),
-            (Role.SERVER, Direction.SEND, len(rep), rep[:capture_size]),
-            (Role.CLIENT, Direction.RECV, len(rep), rep[:capture_size]),
+            (Role.CLIENT, end, len(req), len(rep), first_iovec(step["send"], req)[:req_capture], rep[:resp_capture]),
+            (Role.SERVER, end, len(req), len(rep), first_iovec(step["recv"], req)[:req_capture], rep[:resp_capture]),
         ]
     return out
 
 
-def of_type(events: list[Event], etype: EventType) -> list[Event]:
-    return sorted((e for e in events if e.type == etype), key=lambda e: e.ts_ns)
+def of_type(events: list, etype: EventType) -> list[Event]:
+    return sorted((e for e in events if isinstance(e, Event) and e.type == etype), key=lambda e: e.ts_ns)
+
+
+def exchanges(events: list) -> list[ExchangeRecord]:
+    return sorted((e for e in events if isinstance(e, ExchangeRecord)), key=lambda e: e.req_start_ns)
 
 
 def run_pod_traffic(probes: Probes, traffic: Callable[[list[dict], bool], Traffic],
-                    plan: list[dict]) -> tuple[list[Event], dict, dict]:
+                    plan: list[dict]) -> tuple[list, dict, dict]:
     """Same plan inside a new PID namespace (allowed) and outside it, concurrently."""
     inside, outside = traffic(plan, True), traffic(plan, False)
     assert inside.ns_inode != outside.ns_inode == pid_namespace_inode()
@@ -68,8 +73,9 @@ def run_pod_traffic(probes: Probes, traffic: Callable[[list[dict], bool], Traffi
     inside.start()
     outside.start()
     inside_result, outside_result = inside.result(), outside.result()
-    total = 2 + 4 * len(plan) + 2  # opens, data, closes
-    events = collect(probes, lambda evs: len(evs) >= total)
+    total = 2 + 2 * len(plan) + 2  # opens, exchanges, closes
+    events = collect(probes, lambda evs: sum(e.type != EventType.PROCESS_LISTEN for e in evs
+                                             if isinstance(e, Event)) + len(exchanges(evs)) >= total)
     return events, inside_result, outside_result
 
 
@@ -78,10 +84,10 @@ def test_probes_load_and_attach(probes: Probes) -> None:
     assert sorted(probes.program_names) == sorted(TRACEPOINT.programs)
     # the OpenSSL uprobe programs are loaded too, attached later per library (discover/)
     assert sorted(bpf_prog_ids().values()) == sorted(TRACEPOINT.programs + UPROBE_PROGRAMS)
-    assert probes.counters() == {"ringbuf_drops": 0, "read_fails": 0}
+    assert probes.counters() == {"ringbuf_drops": 0, "read_fails": 0, "orphan_responses": 0}
 
 
-def test_pod_traffic_is_exact_and_outside_traffic_is_invisible(
+def test_pod_traffic_is_one_exact_record_per_exchange_and_outside_traffic_is_invisible(
         probes: Probes, traffic: Callable[[list[dict], bool], Traffic]) -> None:
     events, inside, outside = run_pod_traffic(probes, traffic, PLAN)
     sport, cport = inside["server_port"], inside["client_port"]
@@ -89,8 +95,6 @@ def test_pod_traffic_is_exact_and_outside_traffic_is_invisible(
     # Only the pod's process: pid 1 of the new namespace, some other pid on the host.
     assert {(e.ns_pid, e.pid == e.ns_pid) for e in events} == {(1, False)}
     assert len({e.pid for e in events}) == 1
-    outside_ports = {outside["server_port"], outside["client_port"]}
-    assert not [e for e in events if {e.tuple.local_port, e.tuple.remote_port} & outside_ports]
 
     opens = {e.role: e for e in of_type(events, EventType.CONN_OPEN)}
     assert len(of_type(events, EventType.CONN_OPEN)) == 2
@@ -98,40 +102,36 @@ def test_pod_traffic_is_exact_and_outside_traffic_is_invisible(
     assert opens[Role.CLIENT].tuple == ("127.0.0.1", cport, "127.0.0.1", sport)
     assert opens[Role.CLIENT].ns_tid == 1 and opens[Role.SERVER].ns_tid != 1
     sock_of = {role: e.sock_id for role, e in opens.items()}
+    assert sorted((e.role, e.sock_id) for e in of_type(events, EventType.CONN_CLOSE)) == sorted(
+        (role, sock) for role, sock in sock_of.items())
+    assert [e.tuple.local_port for e in of_type(events, EventType.PROCESS_LISTEN)] == [0]  # a process event
 
-    closes = of_type(events, EventType.CONN_CLOSE)
-    assert sorted((e.role, e.sock_id, e.tuple) for e in closes) == sorted(
-        (e.role, e.sock_id, e.tuple) for e in opens.values())
-
-    data = of_type(events, EventType.DATA)
-    got = [(e.role, e.direction, e.bytes, e.payload) for e in data]
-    assert sorted(got) == sorted(expected_data(PLAN, probes.capture_size))
-    for e in data:
-        assert e.sock_id == sock_of[e.role]
-        assert e.tuple == opens[e.role].tuple
-        assert len(e.payload) == min(e.bytes, probes.capture_size, len(e.payload))
-    assert probes.counters() == {"ringbuf_drops": 0, "read_fails": 0}
+    got = exchanges(events)
+    assert sorted((r.role, r.end, r.req_bytes, r.resp_bytes, r.request, r.response) for r in got) == sorted(
+        expected_exchanges(PLAN, probes.req_capture, probes.resp_capture))
+    for r in got:
+        assert r.sock_id == sock_of[r.role] and r.parent is None and not r.tls
+        assert r.req_start_ns <= r.req_end_ns <= r.resp_start_ns <= r.resp_end_ns
+        assert (r.req_head, r.resp_head) == (0, 0)  # binary payloads: no head end
+    assert probes.counters() == {"ringbuf_drops": 0, "read_fails": 0, "orphan_responses": 0}
 
 
-def test_capture_size_limits_payload_not_byte_count(
+def test_capture_sizes_limit_prefixes_not_byte_counts(
         traffic: Callable[[list[dict], bool], Traffic]) -> None:
     plan = [{"send": "send", "recv": "recv", "request": 3000, "reply": 2000}]
-    with Probes(capture_size=300) as probes:
+    with Probes(req_capture=300, resp_capture=100) as probes:
         events, _, _ = run_pod_traffic(probes, traffic, plan)
-    data = of_type(events, EventType.DATA)
-    assert sorted((e.role, e.direction, e.bytes, len(e.payload)) for e in data) == sorted([
-        (Role.CLIENT, Direction.SEND, 3000, 300), (Role.SERVER, Direction.RECV, 3000, 300),
-        (Role.SERVER, Direction.SEND, 2000, 300), (Role.CLIENT, Direction.RECV, 2000, 300)])
-    assert [e.payload for e in data if e.direction == Direction.SEND and e.role == Role.CLIENT] \
-        == [payload("req0", 3000)[:300]]
+    assert sorted((r.role, r.req_bytes, r.resp_bytes, len(r.request), len(r.response))
+                  for r in exchanges(events)) == [(Role.SERVER, 3000, 2000, 300, 100), (Role.CLIENT, 3000, 2000, 300, 100)]
+    assert {r.request for r in exchanges(events)} == {payload("req0", 3000)[:300]}
 
 
-def test_full_ring_buffer_counts_every_lost_event(
+def test_full_ring_buffer_counts_every_lost_record(
         traffic: Callable[[list[dict], bool], Traffic]) -> None:
-    """Nothing is lost silently: received + counted drops == events the traffic causes."""
+    """Nothing is lost silently: received + counted drops == records the traffic causes."""
     plan = [{"send": "send", "recv": "recv", "request": 500, "reply": 500}] * 40
     page = os.sysconf("SC_PAGE_SIZE")
-    # The same run with room for everything: the sockets' events plus the traffic
+    # The same run with room for everything: the sockets' records plus the traffic
     # process's lifecycle events (listen, a lazy import's mmap, exit).
     with Probes() as probes:
         inside = traffic(plan, True)
@@ -139,7 +139,7 @@ def test_full_ring_buffer_counts_every_lost_event(
         inside.start()
         inside.result()
         expected = len(collect(probes, lambda evs: False, wait_s=0.5))
-    assert expected >= 2 + 4 * len(plan) + 2 + 1
+    assert expected >= 2 + 2 * len(plan) + 2 + 1
     with Probes(ringbuf_size=page) as probes:  # room for a handful of records
         inside = traffic(plan, True)
         probes.allow_pid_namespace(inside.ns_inode)
@@ -152,21 +152,35 @@ def test_full_ring_buffer_counts_every_lost_event(
     assert counters["read_fails"] == 0
 
 
-def test_socket_opened_before_probes_has_unknown_role() -> None:
+def test_socket_opened_before_probes_keeps_its_role_from_the_listening_port() -> None:
+    """Even a server thread already blocked in recv() when the probes attach: the receive's
+    buffer comes from the syscall's registers, so nothing of the exchange is lost."""
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     ports = {listener.getsockname()[1], client.getsockname()[1]}
+    received: list[bytes] = []
+    blocked = threading.Thread(target=lambda: received.append(server.recv(40, socket.MSG_WAITALL)))
+    blocked.start()
     with Probes() as probes, client, server, listener:
         probes.allow_pid_namespace(pid_namespace_inode())  # this process's namespace
+        netns = os.stat("/proc/self/ns/net").st_ino
+        probes.add_listen_ports(netns, [listener.getsockname()[1]])
         client.sendall(b"ping" * 10)
-        assert server.recv(40, socket.MSG_WAITALL) == b"ping" * 10
-        # The host namespace may carry other traffic: keep only this pair's events.
-        mine = [e for e in collect(probes, lambda evs: False, wait_s=0.2)
-                if {e.tuple.local_port, e.tuple.remote_port} == ports]
-    assert sorted((e.type, e.role, e.direction, e.bytes, e.payload) for e in mine) == [
-        (EventType.DATA, Role.UNKNOWN, Direction.SEND, 40, b"ping" * 10),
-        (EventType.DATA, Role.UNKNOWN, Direction.RECV, 40, b"ping" * 10)]
+        blocked.join(5)
+        server.sendall(b"pong" * 5)
+        assert client.recv(20, socket.MSG_WAITALL) == b"pong" * 5
+        server.close()
+        client.close()
+        # The host namespace may carry other traffic: keep only this pair's records.
+        found = collect(probes, lambda evs: False, wait_s=0.3)
+    assert received == [b"ping" * 10]
+    opens = {e.sock_id: e.role for e in of_type(found, EventType.CONN_OPEN)
+             if {e.tuple.local_port, e.tuple.remote_port} == ports}
+    assert sorted(opens.values()) == [Role.SERVER, Role.CLIENT]
+    mine = [r for r in exchanges(found) if r.sock_id in opens]
+    assert sorted((r.role, r.req_bytes, r.resp_bytes, r.request, r.response) for r in mine) == [
+        (Role.SERVER, 40, 20, b"ping" * 10, b"pong" * 5), (Role.CLIENT, 40, 20, b"ping" * 10, b"pong" * 5)]
 
 
 def test_close_unloads_every_program() -> None:
@@ -177,7 +191,7 @@ def test_close_unloads_every_program() -> None:
     probes.close()
     probes.close()  # idempotent
     assert bpf_prog_ids() == {}
-    assert not ours.keys() & loaded_programs().keys()
+    assert not still_loaded(ours)
     with pytest.raises(BpfError, match="closed"):
         probes.poll(0, lambda record: None)
 
@@ -211,7 +225,7 @@ def test_sigterm_during_poll_leaves_nothing_loaded() -> None:
     after_close = json.loads(child.stdout.readline())
     assert child.wait(timeout=10) == 0
     assert after_close == {}
-    assert not held.keys() & loaded_programs().keys()
+    assert not still_loaded(held)
 
 
 def test_unprivileged_user_gets_the_fix() -> None:
@@ -238,8 +252,10 @@ def test_features_of_this_kernel() -> None:
 
 
 def test_bad_arguments_are_rejected_before_loading(probes: Probes) -> None:
-    with pytest.raises(ValueError, match="capture_size"):
-        Probes(capture_size=4096)
+    with pytest.raises(ValueError, match="req_capture"):
+        Probes(req_capture=4096)
+    with pytest.raises(ValueError, match="resp_capture"):
+        Probes(resp_capture=257)
     with pytest.raises(ValueError, match="power of two"):
         Probes(ringbuf_size=100_000)
     with pytest.raises(ValueError, match="unknown attach strategy"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from beyla_sidecar.bpf.events import ConnTuple, Direction, Event, EventType, Role
+from beyla_sidecar.bpf.events import NO_TUPLE, Event, EventType, Role
 from beyla_sidecar.discover.lifecycle import Discovery
 from beyla_sidecar.discover.maps import executable_files, listening_ports, own_namespace_tgid
 from beyla_sidecar.discover.selection import Selector
@@ -70,8 +70,7 @@ def pod(tmp_path: Path) -> Iterator[Pod]:
 
 
 def event(etype: EventType, pid: int) -> Event:
-    return Event(etype, time.monotonic_ns(), 0, pid, pid, pid, pid, 0, Direction.SEND, Role.UNKNOWN,
-                 ConnTuple("", 0, "", 0), "x", b"")
+    return Event(etype, time.monotonic_ns(), 0, pid, pid, pid, pid, Role.UNKNOWN, NO_TUPLE, "x")
 
 
 def test_maps_and_ports_of_a_real_process(pod: Pod) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.bpf
 INDEX = b"<h1>nginx over TLS</h1>\n" * 40
 FILES = {"index.html": INDEX, "hello": b"hello\n"}
 # Hash maps whose entries belong to processes, threads or sockets (not configuration).
-STATE_MAPS = ("conns", "connect_fds", "send_bufs", "recv_bufs", "ssl_calls", "ssl_socks")
+STATE_MAPS = ("conns", "serving", "ssl_calls", "ssl_socks")
 
 
 @pytest.fixture(scope="module")

@@ -1,68 +1,82 @@
-"""The direct OTLP encoder produces what the SDK's encoder produces, message for message."""
+"""The wire-format writer: whole ExportTraceServiceRequests compared with the official protobuf."""
 
 from __future__ import annotations
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from beyla_sidecar.export.otlp_encode import SpanEncoder
+from beyla_sidecar import __version__
+from beyla_sidecar.export.otlp_encode import (
+    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, SpanItem,
+    encode_request, encode_resource, encode_span, span_name,
+)
 
-SCOPE = InstrumentationScope("beyla-sidecar", "0.1.0")
-SHOP = Resource({"service.name": "shop", "process.pid": 17, "k8s.pod.name": "shop-1", "ratio": 0.5,
-                 "flag": True})
-CART = Resource({"service.name": "cart", "process.pid": 18})
-
-
-def span(i: int, resource: Resource, kind: SpanKind = SpanKind.SERVER, parent: int = 0, remote: bool = False,
-         status: Status = Status(StatusCode.UNSET)) -> ReadableSpan:
-    flags = TraceFlags(TraceFlags.SAMPLED)
-    return ReadableSpan(
-        name=f"GET /users/{{id}} ü{i}",
-        context=SpanContext(0xABCDEF0123456789 + i, 0x1234 + i, is_remote=False, trace_flags=flags),
-        parent=SpanContext(0xABCDEF0123456789 + i, parent, is_remote=remote, trace_flags=flags) if parent else None,
-        resource=resource,
-        attributes={"http.request.method": "GET", "http.response.status_code": 200 + i, "server.port": 8080,
-                    "http.route": "/users/{id}", "negative": -5, "big": 2**62, "ok": False, "ms": 1.25},
-        kind=kind, status=status, start_time=1_700_000_000_000_000_000 + i, end_time=1_700_000_000_500_000_000 + i,
-        instrumentation_scope=SCOPE,
-    )
+SHOP = {"service.name": "shop", "process.pid": 17, "k8s.pod.name": "shop-1", "ratio": 0.5, "flag": True,
+        "process.command_line": "x" * 20_000}  # a length that needs a 3-byte varint
+CART = {"service.name": "cart ü", "process.pid": 18}
+ATTRS = {"http.request.method": "GET", "http.response.status_code": 201, "negative": -5, "big": 2**62,
+         "ok": False, "ms": 1.25, "url.path": "/" + "p" * 300}
 
 
-def both(spans: list[ReadableSpan]) -> tuple[ExportTraceServiceRequest, ExportTraceServiceRequest]:
-    ours = ExportTraceServiceRequest.FromString(SpanEncoder().encode(spans))
-    return ours, encode_spans(spans)
+def kvs(attributes: dict[str, object]) -> list[KeyValue]:
+    out = []
+    for key, value in attributes.items():
+        field = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}[type(value)]
+        out.append(KeyValue(key=key, value=AnyValue(**{field: value})))
+    return out
 
 
-def test_same_message_as_the_sdk_encoder() -> None:
-    spans = [span(0, SHOP), span(1, SHOP, SpanKind.CLIENT, parent=0x99),
-             span(2, CART, parent=0x77, remote=True, status=Status(StatusCode.ERROR, "boom")),
-             span(3, SHOP, status=Status(StatusCode.ERROR)), span(4, CART, SpanKind.INTERNAL)]
-    ours, sdk = both(spans)
-    assert ours == sdk
-    assert len(ours.resource_spans) == 2 and len(ours.resource_spans[0].scope_spans[0].spans) == 3
+def our_span(i: int, kind: int = KIND_SERVER, parent: int = 0, remote: bool = False, error: bool = False) -> bytes:
+    return encode_span(0xABCDEF0123456789 + i, 0x1234 + i, parent, FLAGS_REMOTE_PARENT if remote else FLAGS_LOCAL_PARENT,
+                       span_name(f"GET /users/{{id}} ü{i}"), kind, 1_700_000_000_000_000_000 + i,
+                       1_700_000_000_500_000_000 + i, AttributeCache().encode(ATTRS), error)
 
 
-def test_flags_say_whether_the_parent_is_remote() -> None:
-    ours, _ = both([span(0, SHOP), span(1, SHOP, parent=5, remote=True)])
-    assert [s.flags for s in ours.resource_spans[0].scope_spans[0].spans] == [0x100, 0x300]
+def official_span(i: int, kind: int = KIND_SERVER, parent: int = 0, remote: bool = False,
+                  error: bool = False) -> Span:
+    return Span(trace_id=(0xABCDEF0123456789 + i).to_bytes(16, "big"), span_id=(0x1234 + i).to_bytes(8, "big"),
+                parent_span_id=parent.to_bytes(8, "big") if parent else b"", name=f"GET /users/{{id}} ü{i}",
+                kind=kind, start_time_unix_nano=1_700_000_000_000_000_000 + i,
+                end_time_unix_nano=1_700_000_000_500_000_000 + i, attributes=kvs(ATTRS),
+                status=Status(code=Status.STATUS_CODE_ERROR) if error else Status(),
+                flags=0x301 if remote else 0x101)
 
 
-def test_empty_batch() -> None:
-    assert SpanEncoder().encode([]) == b""
+def test_request_groups_spans_by_resource_in_order() -> None:
+    shop, cart = encode_resource(SHOP), encode_resource(CART)
+    items = [SpanItem(shop, our_span(0)), SpanItem(cart, our_span(1, KIND_CLIENT, parent=0x99)),
+             SpanItem(shop, our_span(2, parent=0x77, remote=True, error=True)),
+             SpanItem(encode_resource(SHOP), our_span(3, KIND_CLIENT))]  # equal bytes: the same resource
+    scope = InstrumentationScope(name="beyla-sidecar", version=__version__)
+    expected = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=Resource(attributes=kvs(SHOP)), scope_spans=[ScopeSpans(scope=scope, spans=[
+            official_span(0), official_span(2, parent=0x77, remote=True, error=True),
+            official_span(3, KIND_CLIENT)])]),
+        ResourceSpans(resource=Resource(attributes=kvs(CART)), scope_spans=[ScopeSpans(scope=scope, spans=[
+            official_span(1, KIND_CLIENT, parent=0x99)])]),
+    ])
+    ours = encode_request(items)
+    assert ExportTraceServiceRequest.FromString(ours) == expected
+    assert ours == expected.SerializeToString()
+
+
+def test_resource_alone() -> None:
+    assert Resource.FromString(encode_resource(SHOP)) == Resource(attributes=kvs(SHOP))
+    assert encode_resource({}) == b""
+
+
+def test_empty_request() -> None:
+    assert encode_request([]) == b""
 
 
 def test_true_and_one_stay_apart_and_the_cache_is_bounded() -> None:
-    from beyla_sidecar.export.otlp_encode import CACHE_LIMIT
-
-    encoder = SpanEncoder()
-    spans = [span(0, Resource({"a": True})), span(1, Resource({"a": 1}))]
-    ours = ExportTraceServiceRequest.FromString(encoder.encode(spans))
-    values = [rs.resource.attributes[0].value for rs in ours.resource_spans]
-    assert values[0].WhichOneof("value") == "bool_value" and values[1].WhichOneof("value") == "int_value"
+    cache = AttributeCache()
+    encoded = [cache.encode({"a": value}) for value in (True, 1, 1.0, "1", False, 0)]
+    values = [Span.FromString(e).attributes[0].value for e in encoded]
+    assert [v.WhichOneof("value") for v in values] == ["bool_value", "int_value", "double_value", "string_value",
+                                                      "bool_value", "int_value"]
     for i in range(CACHE_LIMIT + 10):
-        encoder.encode([span(i, SHOP)])
-    assert len(encoder._kvs) <= CACHE_LIMIT
+        assert Span.FromString(cache.encode({"n": i})).attributes[0].value.int_value == i
+    assert len(cache) <= CACHE_LIMIT

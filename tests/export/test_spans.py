@@ -1,89 +1,109 @@
-"""Exchange -> OTel span conversion and the stdout printers."""
+"""Exchange + SpanDescription -> OTLP Span bytes, read back with the official protobuf classes."""
 
 from __future__ import annotations
 
-import io
-import json
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from beyla_sidecar.bpf.events import ConnTuple
-from beyla_sidecar.export.printers import PrintExporter
-from beyla_sidecar.export.spans import Clock, to_span
-from beyla_sidecar.protocols.base import SpanKind as ProtoKind
-from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
+from beyla_sidecar.export.spans import Clock, SpanEncoder
+from beyla_sidecar.protocols.base import Message, SpanDescription, SpanKind
+from beyla_sidecar.protocols.http1 import HTTP1
 from beyla_sidecar.tracker.context import TraceContext
 from beyla_sidecar.tracker.exchange import Exchange
 
 CONN = ConnTuple("10.0.0.1", 8080, "10.0.0.2", 40000)
-RESOURCE = Resource({"service.name": "shop", "process.pid": 17})
+WALL_OFFSET = 1_000_000_000_000
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+SERVER_DESC = SpanDescription("GET /users/{id}", {"http.request.method": "GET", "url.path": "/users/1",
+                                                  "http.route": "/users/{id}", "http.response.status_code": 200})
 
 
 class FixedClock(Clock):
     def sync(self) -> None:
-        self.offset = 1_000_000_000_000
+        self.offset = WALL_OFFSET
 
 
-def exchange(kind: ProtoKind, status: int = 200, parent: int = 0, query: str = "") -> Exchange:
-    req = HttpRequest(True, 5_000, 6_000, size=0, header_size=40, method="GET", path="/users/1",
-                      query=query, version="1.1", host="shop.local:8080")
-    resp = HttpResponse(False, 7_000, 9_000, size=12, header_size=50, status_code=status, version="1.1")
-    ctx = TraceContext(0xABC, 0xDEF, parent, parent_remote=bool(parent))
-    return Exchange(HTTP1(), kind, req, resp, ctx, 100, 101, 17, CONN)
+def exchange(kind: SpanKind, parent: int = 0, remote: bool = False, response: bool = True,
+             conn: ConnTuple = CONN) -> Exchange:
+    req = Message(True, 5_000, 6_000, size=0, header_size=40)
+    resp = Message(False, 7_000, 9_000, size=12, header_size=50) if response else None
+    ctx = TraceContext(TRACE_ID, 0xDEF, parent, parent_remote=remote)
+    return Exchange(HTTP1(), kind, req, resp, ctx, 100, 101, 17, conn)
 
 
-def span_of(ex: Exchange, with_query: bool = False, route: str | None = None) -> ReadableSpan:
-    desc = ex.protocol.describe(ex.request, ex.response, ex.kind, with_query, route=route)
-    return to_span(ex, desc, RESOURCE, FixedClock())
+def decode(ex: Exchange, desc: SpanDescription, encoder: SpanEncoder | None = None) -> Span:
+    return Span.FromString((encoder or SpanEncoder(FixedClock())).encode(ex, desc))
 
 
-def test_server_span() -> None:
-    span = span_of(exchange(ProtoKind.SERVER, query="token=secret"), route="/users/{id}")
-    assert span.name == "GET /users/{id}" and span.kind is SpanKind.SERVER
-    assert span.start_time == 1_000_000_005_000 and span.end_time == 1_000_000_009_000
-    assert span.context.trace_id == 0xABC and span.context.span_id == 0xDEF and span.parent is None
-    assert span.status.status_code is StatusCode.UNSET
-    assert dict(span.attributes) == {
-        "http.request.method": "GET", "url.path": "/users/1", "http.route": "/users/{id}", "url.scheme": "http",
-        "network.protocol.version": "1.1", "http.response.status_code": 200, "http.response.body.size": 12,
-        "server.address": "10.0.0.1", "server.port": 8080, "client.address": "10.0.0.2", "client.port": 40000,
-        "network.peer.address": "10.0.0.2", "network.peer.port": 40000, "network.transport": "tcp",
-    }
+def kv(key: str, value: str | int | float | bool) -> KeyValue:
+    field = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}[type(value)]
+    return KeyValue(key=key, value=AnyValue(**{field: value}))
 
 
-def test_client_span_with_parent_error_and_query() -> None:
-    span = span_of(exchange(ProtoKind.CLIENT, status=404, parent=0x99, query="q=1"), with_query=True)
-    assert span.name == "GET"  # no route: the method alone, never the raw path
-    assert span.kind is SpanKind.CLIENT and span.parent is not None
-    assert span.parent.span_id == 0x99 and span.parent.is_remote
-    assert span.status.status_code is StatusCode.ERROR
-    a = span.attributes
-    assert a["error.type"] == "404" and a["url.query"] == "q=1"
-    assert a["server.address"] == "shop.local" and a["server.port"] == 40000  # Host header, remote port
-    assert "client.address" not in a
+def test_server_span_every_field() -> None:
+    span = decode(exchange(SpanKind.SERVER), SERVER_DESC)
+    expected = Span(
+        trace_id=TRACE_ID.to_bytes(16, "big"), span_id=(0xDEF).to_bytes(8, "big"), name="GET /users/{id}",
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=WALL_OFFSET + 5_000, end_time_unix_nano=WALL_OFFSET + 9_000,
+        attributes=[kv("http.request.method", "GET"), kv("url.path", "/users/1"), kv("http.route", "/users/{id}"),
+                    kv("http.response.status_code", 200),
+                    kv("network.peer.address", "10.0.0.2"), kv("network.peer.port", 40000),
+                    kv("network.transport", "tcp"), kv("server.address", "10.0.0.1"), kv("server.port", 8080),
+                    kv("client.address", "10.0.0.2"), kv("client.port", 40000)],
+        status=Status(),
+        flags=0x101,  # sampled; the parent's remoteness is known (no parent: local)
+    )
+    assert span == expected
+    assert span.parent_span_id == b"" and span.trace_state == "" and not span.events and not span.links
+    assert span.status.code == Status.STATUS_CODE_UNSET
+    # Field for field, byte for byte what the official protobuf writes.
+    assert SpanEncoder(FixedClock()).encode(exchange(SpanKind.SERVER), SERVER_DESC) == expected.SerializeToString()
 
 
-def test_server_5xx_is_an_error_4xx_is_not() -> None:
-    assert span_of(exchange(ProtoKind.SERVER, 503)).attributes["error.type"] == "503"
-    assert "error.type" not in span_of(exchange(ProtoKind.SERVER, 404)).attributes
+def test_client_span_with_local_parent_error_and_host() -> None:
+    desc = SpanDescription("GET", {"http.request.method": "GET", "server.address": "shop.local",
+                                   "http.response.status_code": 404}, error_type="404")
+    span = decode(exchange(SpanKind.CLIENT, parent=0x99), desc)
+    assert span.kind == Span.SPAN_KIND_CLIENT and span.name == "GET"
+    assert span.parent_span_id == (0x99).to_bytes(8, "big") and span.flags == 0x101
+    assert span.status == Status(code=Status.STATUS_CODE_ERROR)
+    attrs = {a.key: a.value for a in span.attributes}
+    assert len(attrs) == len(span.attributes)  # no key twice
+    assert attrs["server.address"].string_value == "shop.local"  # the protocol's (Host) beats the address
+    assert attrs["server.port"].int_value == 40000 and attrs["error.type"].string_value == "404"
+    assert "client.address" not in attrs and "client.port" not in attrs
+    assert list(attrs) == ["http.request.method", "server.address", "http.response.status_code",
+                           "network.peer.address", "network.peer.port", "network.transport", "server.port",
+                           "error.type"]
 
 
-def test_json_printer_line() -> None:
-    out = io.StringIO()
-    PrintExporter("json", out).export([span_of(exchange(ProtoKind.SERVER))])
-    doc = json.loads(out.getvalue())
-    assert set(doc) == {"name", "kind", "trace_id", "span_id", "parent_span_id", "start_time_unix_nano",
-                        "end_time_unix_nano", "status", "attributes", "resource"}
-    assert doc["trace_id"] == "%032x" % 0xABC and doc["span_id"] == "%016x" % 0xDEF
-    assert doc["parent_span_id"] == "" and doc["kind"] == "SERVER" and doc["status"] == "UNSET"
-    assert doc["resource"] == {"service.name": "shop", "process.pid": 17}
+def test_remote_parent_sets_the_remote_flag() -> None:
+    span = decode(exchange(SpanKind.SERVER, parent=0x77, remote=True), SERVER_DESC)
+    assert span.parent_span_id == (0x77).to_bytes(8, "big") and span.flags == 0x301
 
 
-def test_text_printer_line() -> None:
-    out = io.StringIO()
-    PrintExporter("text", out).export([span_of(exchange(ProtoKind.CLIENT, 500), route="/users/{id}")])
-    line = out.getvalue()
-    assert line.count("\n") == 1
-    assert " CLIENT GET /users/{id} 500 0.004ms shop[17] peer=10.0.0.2:40000 " in line
+def test_no_response_ends_at_the_request() -> None:
+    span = decode(exchange(SpanKind.SERVER, response=False), SpanDescription("GET", {}, error_type="incomplete"))
+    assert span.end_time_unix_nano == WALL_OFFSET + 6_000
+    assert [(a.key, a.value.string_value) for a in span.attributes][-1] == ("error.type", "incomplete")
+
+
+def test_clock_resync_moves_later_spans_only() -> None:
+    clock = FixedClock()
+    encoder = SpanEncoder(clock)
+    before = decode(exchange(SpanKind.SERVER), SERVER_DESC, encoder)
+    clock.offset += 7
+    after = decode(exchange(SpanKind.SERVER), SERVER_DESC, encoder)
+    assert after.start_time_unix_nano - before.start_time_unix_nano == 7
+
+
+def test_connections_and_kinds_keep_their_own_network_attributes() -> None:
+    encoder = SpanEncoder(FixedClock())
+    other = ConnTuple("10.0.0.1", 8080, "10.0.0.3", 41000)
+    spans = [decode(exchange(kind, conn=conn), SpanDescription("GET", {}), encoder)
+             for conn in (CONN, other, CONN) for kind in (SpanKind.SERVER, SpanKind.CLIENT)]
+    peers = [({a.key: a.value for a in s.attributes}["network.peer.port"].int_value,
+              {a.key for a in s.attributes} >= {"client.address"}) for s in spans]
+    assert peers == [(40000, True), (40000, False), (41000, True), (41000, False), (40000, True), (40000, False)]

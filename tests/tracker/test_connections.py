@@ -1,162 +1,361 @@
-"""Tracker with the real HTTP/1.x parser and synthetic kernel events."""
+"""Tracker with the real HTTP/1.x parser and synthetic kernel records."""
 
 from __future__ import annotations
 
-from beyla_sidecar.bpf.events import ConnTuple, Direction, Event, EventType, Role
-from beyla_sidecar.protocols import all_protocols
+import struct
+
+import pytest
+
+from beyla_sidecar.bpf.events import NO_TUPLE, ConnTuple, End, EventType, ExchangeRecord, Role
+from beyla_sidecar.protocols import all_protocols, guess_protocol
 from beyla_sidecar.protocols.base import SpanKind
-from beyla_sidecar.tracker.connections import DETECT_ATTEMPTS, Tracker
+from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
+from beyla_sidecar.tracker.connections import DETECT_ATTEMPTS, PARENT_WAIT_NS, RECENT_PARENTS, Tracker
+from beyla_sidecar.tracker.context import PARENT_BASED_ALWAYS_ON, AlwaysOff, ParentBased, Sampler, TraceContext
 from beyla_sidecar.tracker.exchange import Exchange
+
+from .records import PID, REQ, RESP, TP, conn_event, exchange, ns_pid
 
 SERVER_TUPLE = ConnTuple("10.0.0.1", 8080, "10.0.0.2", 40000)
 CLIENT_TUPLE = ConnTuple("10.0.0.1", 41000, "10.0.0.3", 80)
-REQ = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
-RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+REDIS_TUPLE = ConnTuple("10.0.0.1", 6379, "10.0.0.4", 50000)
+TRACE_ID, PARENT_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
+CLIENT_HELLO = bytes.fromhex("160301020001000" "1fc0303" + "ab" * 32 + "20" + "cd" * 32)
+PING, PONG = b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"
 
 
 class Recorder:
-    def __init__(self) -> None:
+    """A tracker whose exchanges are kept in `out`."""
+
+    def __init__(self, max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> None:
+        self.http = HTTP1()
         self.out: list[Exchange] = []
-        self.tracker = Tracker(all_protocols(), self.out.append)
-        self.ts = 1000
+        self.tracker = Tracker((self.http,), self.out.append, max_connections, sampler)
 
-    def ev(self, etype: EventType, sock: int, role: Role = Role.UNKNOWN, direction: Direction = Direction.SEND,
-           payload: bytes = b"", size: int | None = None, tid: int = 7,
-           conn: ConnTuple = SERVER_TUPLE) -> None:
-        self.ts += 10
-        self.tracker.handle(Event(etype, self.ts, sock, 5, tid, 1, tid, len(payload) if size is None else size,
-                                  direction, role, conn, "app", payload))
+    def open(self, sock: int, role: Role = Role.SERVER, conn: ConnTuple = SERVER_TUPLE, pid: int = PID) -> None:
+        self.tracker.handle(conn_event(EventType.CONN_OPEN, sock, role, conn, pid))
 
-    def open(self, sock: int, role: Role, conn: ConnTuple = SERVER_TUPLE) -> None:
-        self.ev(EventType.CONN_OPEN, sock, role, conn=conn)
+    def close(self, sock: int) -> None:
+        self.tracker.handle(conn_event(EventType.CONN_CLOSE, sock))
 
-    def recv(self, sock: int, data: bytes, **kw: object) -> None:
-        self.ev(EventType.DATA, sock, direction=Direction.RECV, payload=data, **kw)  # type: ignore[arg-type]
-
-    def send(self, sock: int, data: bytes, **kw: object) -> None:
-        self.ev(EventType.DATA, sock, direction=Direction.SEND, payload=data, **kw)  # type: ignore[arg-type]
+    def exchange(self, sock: int, start: int, request: bytes = REQ, response: bytes | None = RESP,
+                 **kw: object) -> ExchangeRecord:
+        rec = exchange(sock, start, request, response, **kw)  # type: ignore[arg-type]
+        self.tracker.exchange(rec)
+        return rec
 
 
-def test_server_exchange_joins_request_and_response() -> None:
+def root(ctx: TraceContext) -> bool:
+    return ctx.trace_id != 0 and ctx.span_id != 0 and ctx.parent_span_id == 0 and not ctx.parent_remote
+
+
+def child_of(ctx: TraceContext, parent: TraceContext) -> bool:
+    return (ctx.trace_id, ctx.parent_span_id, ctx.parent_remote) == (parent.trace_id, parent.span_id, False) \
+        and ctx.span_id not in (0, parent.span_id)
+
+
+def test_server_exchange_from_one_record() -> None:
     r = Recorder()
-    r.open(1, Role.SERVER)
-    r.recv(1, REQ)
-    r.send(1, RESP)
+    r.open(1)
+    r.exchange(1, 1000, tid=PID + 7)
     [ex] = r.out
-    assert ex.kind is SpanKind.SERVER and ex.conn == SERVER_TUPLE
-    assert ex.request.method == "GET" and ex.response.status_code == 200  # type: ignore[union-attr]
-    assert ex.start_ns == 1020 and ex.end_ns == 1030
-    assert ex.context.parent_span_id == 0 and ex.context.span_id != 0
+    assert ex == Exchange(
+        r.http, SpanKind.SERVER,
+        HttpRequest(True, 1000, 1010, 0, len(REQ), None, "GET", "/a", "", "1.1", "svc"),
+        HttpResponse(False, 1020, 1030, 2, len(RESP) - 2, None, 200, "1.1"),
+        ex.context, PID, PID + 7, ns_pid(PID), SERVER_TUPLE, False)
+    assert root(ex.context) and ex.context.sampled
+    assert (ex.start_ns, ex.end_ns) == (1000, 1030)
+    s = r.tracker.stats
+    assert (s.records, s.bytes, s.exchanges, s.duplicates, s.parse_failures) == (
+        1, len(REQ) + len(RESP), 1, 0, {})
 
 
-def test_client_role_comes_from_connect_not_ports() -> None:
+def test_client_role_comes_from_conn_open() -> None:
     r = Recorder()
     r.open(2, Role.CLIENT, CLIENT_TUPLE)
-    r.send(2, REQ, conn=CLIENT_TUPLE)
-    r.recv(2, RESP, conn=CLIENT_TUPLE)
-    assert [ex.kind for ex in r.out] == [SpanKind.CLIENT]
-
-
-def test_keepalive_and_pipelining_pair_in_order() -> None:
-    r = Recorder()
-    r.open(1, Role.SERVER)
-    r.recv(1, REQ.replace(b"/a", b"/1") + REQ.replace(b"/a", b"/2"))
-    r.send(1, RESP.replace(b"200 OK", b"201 Created"))
-    r.send(1, RESP.replace(b"200 OK", b"404 Not Found"))
-    r.recv(1, REQ.replace(b"/a", b"/3"))
-    r.send(1, RESP)
-    assert [(ex.request.path, ex.response.status_code) for ex in r.out] == [  # type: ignore[union-attr]
-        ("/1", 201), ("/2", 404), ("/3", 200)]
-
-
-def test_large_response_beyond_capture_is_framed_by_byte_counts() -> None:
-    r = Recorder()
-    r.open(1, Role.SERVER)
-    r.recv(1, REQ)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
-    r.send(1, head + b"x" * (512 - len(head)), size=len(head) + 60000)
-    assert r.out == []
-    r.send(1, b"x" * 512, size=40000)
+    r.exchange(2, 1000, role=Role.CLIENT)
     [ex] = r.out
-    assert ex.response.size == 100000 and ex.end_ns == r.ts  # type: ignore[union-attr]
+    assert (ex.kind, ex.conn) == (SpanKind.CLIENT, CLIENT_TUPLE) and root(ex.context)
 
 
-def test_incoming_traceparent_and_child_client_call_on_same_thread() -> None:
+def test_record_without_conn_open_takes_the_records_role() -> None:
     r = Recorder()
-    r.open(1, Role.SERVER)
+    r.exchange(3, 1000, role=Role.CLIENT, pid=PID + 1)  # its CONN_OPEN was lost
+    [ex] = r.out
+    assert (ex.kind, ex.conn, ex.pid, ex.ns_pid) == (SpanKind.CLIENT, NO_TUPLE, PID + 1, ns_pid(PID + 1))
+    assert len(r.tracker) == 1 and r.tracker.has_connections(PID + 1)
+
+
+def test_keepalive_exchanges_in_order() -> None:
+    r = Recorder()
+    r.open(1)
+    for i, status in enumerate((b"201 Created", b"404 Not Found", b"200 OK")):
+        r.exchange(1, 1000 + 100 * i, REQ.replace(b"/a", b"/%d" % i), RESP.replace(b"200 OK", status))
+    assert [(ex.request.path, ex.response.status_code, ex.start_ns)  # type: ignore[attr-defined,union-attr]
+            for ex in r.out] == [("/0", 201, 1000), ("/1", 404, 1100), ("/2", 200, 1200)]
+
+
+def test_no_response() -> None:
+    r = Recorder()
+    r.open(1)
+    r.exchange(1, 1000, response=None, end=End.CLOSE)
+    [ex] = r.out
+    assert ex.response is None and (ex.start_ns, ex.end_ns) == (1000, 1010)
+
+
+def test_incoming_traceparent_continues_the_trace() -> None:
+    r = Recorder()
+    r.open(1)
+    r.exchange(1, 1000, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP}\r\n\r\n".encode()))
+    r.exchange(1, 2000, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP[:-2]}00\r\n\r\n".encode()))
+    sampled, dropped = (ex.context for ex in r.out)
+    assert sampled == TraceContext(TRACE_ID, sampled.span_id, PARENT_ID, True, True)
+    assert dropped == TraceContext(TRACE_ID, dropped.span_id, PARENT_ID, True, False)  # the caller's decision
+    assert sampled.span_id not in (0, PARENT_ID, dropped.span_id)
+
+
+def test_client_record_after_its_parent_is_its_child() -> None:
+    r = Recorder()
+    r.open(1)
     r.open(2, Role.CLIENT, CLIENT_TUPLE)
-    r.recv(1, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP}\r\n\r\n".encode()), tid=9)
-    r.send(2, REQ, tid=9, conn=CLIENT_TUPLE)
-    r.recv(2, RESP, tid=9, conn=CLIENT_TUPLE)
-    r.send(1, RESP, tid=9)
-    client, server = r.out
-    assert server.context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
-    assert server.context.parent_span_id == 0x00F067AA0BA902B7 and server.context.parent_remote
-    assert client.context.trace_id == server.context.trace_id
-    assert client.context.parent_span_id == server.context.span_id and not client.context.parent_remote
-    assert r.tracker.serving_threads == 0  # the server span ended: the thread serves nothing now
+    r.exchange(1, 1000, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP}\r\n\r\n".encode()))
+    r.exchange(2, 1005, role=Role.CLIENT, parent=(1, 1000))
+    server, client = r.out
+    assert server.kind is SpanKind.SERVER and client.kind is SpanKind.CLIENT
+    assert server.context.trace_id == TRACE_ID and child_of(client.context, server.context)
+    assert client.context.sampled and r.tracker.waiting == 0
 
 
-def test_client_call_on_another_thread_is_not_a_child() -> None:
+def test_client_record_before_its_parent_waits_for_it() -> None:
     r = Recorder()
-    r.open(1, Role.SERVER)
+    r.open(1)
     r.open(2, Role.CLIENT, CLIENT_TUPLE)
-    r.recv(1, REQ, tid=9)
-    r.send(2, REQ, tid=10, conn=CLIENT_TUPLE)
-    r.recv(2, RESP, tid=10, conn=CLIENT_TUPLE)
-    assert r.out[0].context.parent_span_id == 0
+    r.exchange(2, 1005, role=Role.CLIENT, parent=(1, 1000))
+    r.exchange(2, 1100, role=Role.CLIENT, parent=(1, 1000))
+    assert r.out == [] and r.tracker.waiting == 2
+    r.exchange(1, 900)  # another exchange of the same connection is not the parent
+    assert len(r.out) == 1 and r.tracker.waiting == 2
+    r.exchange(1, 1000, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP}\r\n\r\n".encode()))
+    _, server, first, second = r.out
+    assert [ex.kind for ex in r.out] == [SpanKind.SERVER, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.CLIENT]
+    assert (first.start_ns, second.start_ns) == (1005, 1100)
+    assert server.context.trace_id == TRACE_ID
+    assert child_of(first.context, server.context) and child_of(second.context, server.context)
+    assert first.context.span_id != second.context.span_id
+    assert r.tracker.waiting == 0
+    r.tracker.expire(1 << 62)
+    assert len(r.out) == 4
 
 
-def test_unknown_role_is_inferred_from_the_first_request() -> None:
+def test_client_whose_parent_never_comes_goes_out_as_a_root() -> None:
     r = Recorder()
-    r.recv(3, REQ)  # no CONN_OPEN: the socket predates the probes
-    r.send(3, RESP)
-    assert [ex.kind for ex in r.out] == [SpanKind.SERVER]
+    r.open(2, Role.CLIENT, CLIENT_TUPLE)
+    r.exchange(2, 5000, role=Role.CLIENT, parent=(1, 4000))
+    r.tracker.expire(5000 + PARENT_WAIT_NS - 1)
+    assert r.out == [] and r.tracker.waiting == 1
+    r.tracker.expire(5000 + PARENT_WAIT_NS)
+    [client] = r.out
+    assert client.kind is SpanKind.CLIENT and root(client.context) and client.context.sampled
+    assert r.tracker.waiting == 0
+    r.open(1)
+    r.exchange(1, 4000)  # too late: the parent alone
+    assert [ex.kind for ex in r.out] == [SpanKind.CLIENT, SpanKind.SERVER]
 
 
-def test_response_without_request_and_ciphertext_are_ignored_quietly() -> None:
+def test_client_without_parent_is_a_root_at_once() -> None:
     r = Recorder()
-    r.open(1, Role.CLIENT, CLIENT_TUPLE)
-    r.recv(1, RESP, conn=CLIENT_TUPLE)
-    r.open(4, Role.SERVER)
-    for _ in range(DETECT_ATTEMPTS + 2):
-        r.recv(4, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100))
-    assert r.out == [] and r.tracker.stats.parse_failures == {}
+    r.open(2, Role.CLIENT, CLIENT_TUPLE)
+    r.exchange(2, 1000, role=Role.CLIENT)
+    [client] = r.out
+    assert root(client.context) and r.tracker.waiting == 0
 
 
-def test_close_flushes_pending_request_as_incomplete_and_forgets_connection() -> None:
+def test_parents_remembered_are_bounded() -> None:
     r = Recorder()
-    r.open(1, Role.SERVER)
-    r.recv(1, REQ)
-    r.ev(EventType.CONN_CLOSE, 1)
+    r.open(1)
+    r.open(2, Role.CLIENT, CLIENT_TUPLE)
+    for i in range(RECENT_PARENTS + 1):
+        r.exchange(1, 1000 + i)
+    r.exchange(2, 1_000_000, role=Role.CLIENT, parent=(1, 1000))  # the oldest was forgotten
+    r.exchange(2, 1_000_100, role=Role.CLIENT, parent=(1, 1001))
+    assert len(r.out) == RECENT_PARENTS + 2 and r.tracker.waiting == 1
+    assert child_of(r.out[-1].context, r.out[1].context)
+
+
+def test_sampler_decides_roots_and_children_follow_their_parent() -> None:
+    r = Recorder(sampler=ParentBased(AlwaysOff()))
+    r.open(1)
+    r.open(2, Role.CLIENT, CLIENT_TUPLE)
+    r.exchange(1, 1000)
+    r.exchange(1, 2000, REQ.replace(b"\r\n\r\n", f"\r\ntraceparent: {TP}\r\n\r\n".encode()))
+    r.exchange(2, 2005, role=Role.CLIENT, parent=(1, 2000))
+    r.exchange(2, 3000, role=Role.CLIENT)
+    assert [ex.context.sampled for ex in r.out] == [False, True, True, False]
+
+
+def test_sweep_then_the_kernels_record_is_one_exchange() -> None:
+    r = Recorder()
+    r.open(1)
+    rec = exchange(1, 1000, end=End.SWEEP)
+    r.tracker.sweep([rec])
+    r.tracker.sweep([rec])  # still idle at the next sweep
+    assert len(r.out) == 1 and r.tracker.stats.duplicates == 0
+    r.tracker.exchange(rec._replace(end=End.NEXT_REQUEST))
+    r.exchange(1, 2000)
+    [swept, nxt] = r.out
+    assert (swept.start_ns, nxt.start_ns) == (1000, 2000)
+    s = r.tracker.stats
+    assert (s.duplicates, s.exchanges, s.records) == (1, 2, 2)
+
+
+def test_sweep_of_a_connection_without_conn_open() -> None:
+    r = Recorder()
+    rec = exchange(1, 1000, end=End.SWEEP)
+    r.tracker.sweep([rec])
+    r.tracker.exchange(rec._replace(end=End.CLOSE))
+    assert len(r.out) == 1 and r.tracker.stats.duplicates == 1
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_new_connection_on_a_swept_socket_is_not_a_duplicate(closed: bool) -> None:
+    r = Recorder()
+    r.open(1)
+    r.tracker.sweep([exchange(1, 1000, end=End.SWEEP)])
+    if closed:  # the kernel's own record was lost; else its CONN_CLOSE too
+        r.close(1)
+    r.open(1)
+    r.exchange(1, 1000)  # the new connection's exchange with the swept key: not dropped
+    assert len(r.out) == 2 and r.tracker.stats.duplicates == 0
+
+
+def test_unrecognised_connection_is_counted_after_detect_attempts() -> None:
+    r = Recorder()
+    r.open(1, Role.SERVER, REDIS_TUPLE)
+    per = len(PING) + len(PONG)
+    for i in range(DETECT_ATTEMPTS - 1):
+        r.exchange(1, 1000 + i, PING, PONG)
+    s = r.tracker.stats
+    assert (s.unrecognised_connections, s.unrecognised_bytes) == ({}, {("redis", 6379): per * (DETECT_ATTEMPTS - 1)})
+    r.exchange(1, 2000, PING, PONG)
+    assert s.unrecognised_connections == {("redis", 6379): 1}
+    r.exchange(1, 3000, REQ, RESP)  # given up: not even HTTP is looked for now
+    r.close(1)
+    assert r.out == [] and s.parse_failures == {}
+    assert s.unrecognised_connections == {("redis", 6379): 1}
+    assert s.unrecognised_bytes == {("redis", 6379): per * DETECT_ATTEMPTS + len(REQ) + len(RESP)}
+    assert (s.records, s.exchanges) == (DETECT_ATTEMPTS + 1, 0)
+
+
+def test_unrecognised_connection_is_counted_at_close() -> None:
+    r = Recorder()
+    r.open(1, Role.CLIENT, ConnTuple("10.0.0.1", 50000, "10.0.0.5", 5432))
+    startup = struct.pack(">II", 41, 196608) + b"user\0app\0database\0db\0\0" + b"\0" * 9
+    r.exchange(1, 1000, startup, b"R\0\0\0\x08\0\0\0\0", role=Role.CLIENT)
+    r.open(2)  # a connection that sent nothing is not traffic
+    r.close(2)
+    s = r.tracker.stats
+    assert s.unrecognised_connections == {}
+    r.close(1)
+    assert s.unrecognised_connections == {("postgresql", 5432): 1}
+    assert s.unrecognised_bytes == {("postgresql", 5432): len(startup) + 9}
+
+
+def test_a_connection_recognised_late_is_not_unrecognised() -> None:
+    r = Recorder()
+    r.open(1)
+    r.exchange(1, 1000, b"\r\n", b"")
+    r.exchange(1, 2000)
+    r.close(1)
     [ex] = r.out
-    assert ex.response is None and len(r.tracker) == 0
+    s = r.tracker.stats
+    assert ex.start_ns == 2000 and s.unrecognised_connections == {}
+    assert s.unrecognised_bytes == {("unknown", 8080): 2}
 
 
-def test_http10_response_ending_at_close() -> None:
+def test_guess_protocol() -> None:
+    pg_startup = struct.pack(">II", 8 + 22, 196608) + b"user\0app\0database\0db\0"
+    assert guess_protocol(CLIENT_HELLO, b"") == "tls"
+    assert guess_protocol(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"") == "http2"
+    assert guess_protocol(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n", b"+OK\r\n") == "redis"
+    assert guess_protocol(pg_startup, b"R\0\0\0\x08\0\0\0\0") == "postgresql"
+    assert guess_protocol(struct.pack(">II", 8, 80877103), b"S") == "postgresql"  # SSLRequest
+    assert guess_protocol(b"Q\0\0\0\x0dselect 1\0", b"T\0\0\0\x1e") == "postgresql"
+    kafka = struct.pack(">IhhI", 10, 18, 3, 1) + b"\0\0"
+    assert guess_protocol(kafka, b"") == "kafka"
+    assert guess_protocol(b"PROPFIND /dav HTTP/1.1\r\n", b"") == "http"
+    assert guess_protocol(b"\x00\x01\x02", b"\x00") == "unknown"
+
+
+def test_parse_failures_are_counted_per_protocol() -> None:
     r = Recorder()
-    r.open(1, Role.CLIENT, CLIENT_TUPLE)
-    r.send(1, REQ.replace(b"1.1", b"1.0"), conn=CLIENT_TUPLE)
-    r.recv(1, b"HTTP/1.0 200 OK\r\n\r\nbody until close", conn=CLIENT_TUPLE)
-    r.ev(EventType.CONN_CLOSE, 1)
+    r.open(1)
+    r.exchange(1, 1000)
+    r.exchange(1, 2000, b"\x00\x01garbage that is not http\r\n\r\n")
+    r.exchange(1, 3000, REQ, b"HTTP/1.1 2OO OK\r\n\r\n")
+    r.exchange(1, 4000)
+    assert [ex.start_ns for ex in r.out] == [1000, 4000]
+    assert r.tracker.stats.parse_failures == {"http": 2}
+
+
+def test_protocol_switch_ends_tracing_of_the_connection() -> None:
+    r = Recorder()
+    r.open(1)
+    r.exchange(1, 1000, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+               b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    r.exchange(1, 2000, b"\x81\x85" + b"m" * 9, b"\x81\x05hello")
+    r.close(1)
     [ex] = r.out
-    assert ex.response is not None and ex.response.size == len(b"body until close")
+    s = r.tracker.stats
+    assert ex.response is not None and ex.response.status_code == 101  # type: ignore[attr-defined]
+    assert (s.parse_failures, s.unrecognised_connections, s.unrecognised_bytes) == ({}, {}, {})
 
 
-def test_garbage_after_detection_is_counted_per_protocol() -> None:
-    r = Recorder()
-    r.open(1, Role.SERVER)
-    r.recv(1, REQ)
-    r.send(1, RESP)
-    r.recv(1, b"\x00\x01garbage that is not http\r\n\r\n")
-    assert r.tracker.stats.parse_failures == {"http": 1}
-
-
-def test_connection_table_is_bounded() -> None:
-    out: list[Exchange] = []
-    t = Tracker(all_protocols(), out.append, max_connections=100)
+def test_connection_table_is_bounded_and_evicts_the_oldest() -> None:
+    r = Recorder(max_connections=100)
     for sock in range(1000):
-        t.handle(Event(EventType.CONN_OPEN, sock, sock, 1, 1, 1, 1, 0, Direction.SEND, Role.SERVER,
-                       SERVER_TUPLE, "app", b""))
-    assert len(t) == 100 and t.stats.connections_evicted == 900
+        r.open(sock, conn=SERVER_TUPLE._replace(remote_port=sock), pid=PID + sock % 2)
+    assert len(r.tracker) == 100 and r.tracker.stats.connections_evicted == 900
+    r.tracker.forget_process(PID)  # sockets 900..999 are left: the even ones are PID's
+    assert len(r.tracker) == 50
+    assert not r.tracker.has_connections(PID) and r.tracker.has_connections(PID + 1)
+    r.exchange(901, 1000, pid=PID + 1)
+    r.exchange(899, 2000, pid=PID + 1)  # evicted: known again from its record
+    assert [ex.conn for ex in r.out] == [SERVER_TUPLE._replace(remote_port=901), NO_TUPLE]
+    assert len(r.tracker) == 51 and r.tracker.stats.connections_evicted == 900
+
+
+def test_forget_process_and_has_connections() -> None:
+    r = Recorder()
+    r.open(1, pid=PID)
+    r.open(2, pid=PID)
+    r.open(3, Role.SERVER, REDIS_TUPLE, pid=PID + 1)
+    r.exchange(3, 1000, PING, PONG, pid=PID + 1)
+    assert r.tracker.has_connections(PID) and r.tracker.has_connections(PID + 1)
+    r.close(1)
+    assert r.tracker.has_connections(PID)
+    r.close(2)
+    assert not r.tracker.has_connections(PID) and len(r.tracker) == 1
+    r.tracker.forget_process(PID + 1)  # what is left goes, counted as a close
+    assert not r.tracker.has_connections(PID + 1) and len(r.tracker) == 0
+    assert r.tracker.stats.unrecognised_connections == {("redis", 6379): 1}
+
+
+def test_socket_reused_by_another_process() -> None:
+    r = Recorder()
+    r.open(1, pid=PID)
+    r.open(1, pid=PID + 1)  # the first connection's CONN_CLOSE was lost
+    assert not r.tracker.has_connections(PID) and r.tracker.has_connections(PID + 1)
+    r.exchange(1, 1000, pid=PID + 1)
+    assert [ex.pid for ex in r.out] == [PID + 1]
+    r.close(1)
+    assert not r.tracker.has_connections(PID + 1) and len(r.tracker) == 0
+
+
+def test_all_protocols_tracker() -> None:
+    out: list[Exchange] = []
+    t = Tracker(all_protocols(), out.append)
+    t.handle(conn_event(EventType.CONN_OPEN, 1, Role.SERVER, SERVER_TUPLE))
+    t.exchange(exchange(1, 1000))
+    [ex] = out
+    assert ex.protocol.name == "http"

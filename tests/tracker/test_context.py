@@ -1,5 +1,7 @@
+import pytest
+
 from beyla_sidecar.tracker.context import (
-    TraceContext, client_context, new_span_id, parse_traceparent, server_context,
+    TraceContext, client_context, make_sampler, new_span_id, new_trace_id, parse_traceparent, server_context,
 )
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -39,3 +41,81 @@ def test_client_context_is_child_of_serving_span() -> None:
 
 def test_span_ids_are_never_zero() -> None:
     assert all(new_span_id() for _ in range(10_000))
+
+
+# --- Sampling (OTEL_TRACES_SAMPLER) ---
+
+UNSAMPLED_TP = TP[:-2] + "00"
+
+
+def test_traceidratio_keeps_its_ratio_of_root_spans() -> None:
+    sampler = make_sampler("traceidratio", 0.25)
+    n, p = 20_000, 0.25
+    kept = sum(server_context(None, sampler).sampled for _ in range(n))
+    sigma = (n * p * (1 - p)) ** 0.5  # ~61: 4 sigma is +-5 %, and a false failure once in 16 000 runs
+    assert abs(kept - n * p) <= 4 * sigma, kept
+
+
+def test_traceidratio_decides_on_the_low_64_bits_like_the_otel_sdk() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+
+    ours, sdk = make_sampler("traceidratio", 0.3), TraceIdRatioBased(0.3)
+    for trace_id in [new_trace_id() for _ in range(2000)] + [1, (1 << 64) - 1, 1 << 64, sdk.bound - 1, sdk.bound]:
+        expected = sdk.should_sample(None, trace_id, "span").decision is Decision.RECORD_AND_SAMPLE
+        assert ours(trace_id, None) is expected, hex(trace_id)
+    # The high 64 bits do not matter: services with 64-bit trace ids agree.
+    assert ours(0x1234 << 64 | 5, None) and not ours(0xFFFF << 64 | (1 << 64) - 1, None)
+
+
+def test_traceidratio_ignores_the_parent_and_its_bounds() -> None:
+    low, high = make_sampler("traceidratio", 0.0), make_sampler("traceidratio", 1.0)
+    assert not any(low(new_trace_id(), True) for _ in range(1000))
+    assert all(high(new_trace_id(), False) for _ in range(1000))
+    with pytest.raises(ValueError):
+        make_sampler("traceidratio", 1.5)
+
+
+def test_always_off_samples_nothing_always_on_everything() -> None:
+    off, on = make_sampler("always_off"), make_sampler("always_on")
+    serving = TraceContext(7, 9, sampled=True)
+    assert not any(server_context(tp, off).sampled or client_context(serving, off).sampled
+                   for tp in (None, TP) for _ in range(100))
+    # always_on overrides a caller that did not sample (the spec's non-parent-based sampler).
+    assert server_context(UNSAMPLED_TP, on).sampled and client_context(TraceContext(7, 9, sampled=False), on).sampled
+
+
+def test_parentbased_follows_the_remote_parent_flag() -> None:
+    for name in ("parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"):
+        sampler = make_sampler(name, 0.0)
+        assert server_context(TP, sampler).sampled, name
+        assert not server_context(UNSAMPLED_TP, sampler).sampled, name
+
+
+def test_parentbased_follows_the_local_parent_flag() -> None:
+    for name in ("parentbased_always_on", "parentbased_always_off"):
+        sampler = make_sampler(name)
+        assert client_context(TraceContext(7, 9, sampled=True), sampler).sampled
+        assert not client_context(TraceContext(7, 9, sampled=False), sampler).sampled
+
+
+def test_parentbased_roots_use_the_root_sampler() -> None:
+    assert all(server_context(None, make_sampler("parentbased_always_on")).sampled for _ in range(100))
+    assert not any(client_context(None, make_sampler("parentbased_always_off")).sampled for _ in range(100))
+    ratio = make_sampler("parentbased_traceidratio", 0.5)
+    roots = [server_context(None, ratio) for _ in range(400)]
+    assert {c.sampled for c in roots} == {True, False}
+    assert all(c.sampled is ratio(c.trace_id, None) for c in roots)
+
+
+def test_default_sampler_is_parentbased_always_on() -> None:
+    assert server_context(None).sampled and not server_context(UNSAMPLED_TP).sampled
+    assert not client_context(TraceContext(7, 9, sampled=False)).sampled
+
+
+def test_every_configurable_sampler_exists() -> None:
+    from beyla_sidecar.config import SAMPLERS
+
+    assert {type(make_sampler(name, 0.5)).__name__ for name in SAMPLERS} == {
+        "AlwaysOn", "AlwaysOff", "TraceIdRatio", "ParentBased"}
+    with pytest.raises(ValueError):
+        make_sampler("jaeger_remote")

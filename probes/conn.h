@@ -1,0 +1,182 @@
+/* Connections: the per-socket state (identity resolved once, the exchange in progress),
+ * listening ports (which decide the server role), and close. */
+#ifndef __BEYLA_CONN_H
+#define __BEYLA_CONN_H
+
+#include "gate.h"
+
+#define MAX_CONNS 8192
+#define MAX_LISTEN_PORTS 4096
+#define MAX_THREADS 16384
+
+enum phase {
+	PHASE_IDLE = 0,     /* no exchange in progress */
+	PHASE_REQUEST = 1,  /* request bytes seen, no response yet */
+	PHASE_RESPONSE = 2, /* response bytes seen: the next request ends the exchange */
+};
+
+enum scan {
+	SCAN_DONE = 0,     /* head end found, or given up */
+	SCAN_RUNNING = 1,  /* looking for the head end in each transfer */
+	SCAN_DEFERRED = 2, /* the first transfer is in the prefix whole: scan it only if another comes */
+};
+
+struct conn_state {
+	__u8 phase;     /* enum phase */
+	__u8 tls;       /* a TLS library drives it: its socket bytes are ciphertext, not reported */
+	__u8 nl;        /* head scan: the last byte other than CR was LF */
+	__u8 scanning;  /* enum scan, for the current message */
+	__u32 scanned;  /* bytes of the current message scanned so far */
+	__u64 ssl;      /* tls: the SSL* last seen on it, to delete its ssl_socks entry on close */
+	struct exchange rec; /* the exchange in progress, exactly as it will be sent */
+};
+
+/* A listening TCP port of one network namespace. */
+struct listen_key {
+	__u32 netns; /* inode of the network namespace */
+	__u16 port;  /* host byte order */
+	__u16 _pad;
+};
+
+/* The server exchange a thread is serving: (sock_id, req_start_ns) of its request. */
+struct parent_ref {
+	__u64 sock_id;
+	__u64 start_ns;
+};
+
+/* struct sock address (or SSL* of a socket-less TLS session) -> state. User space reads
+ * it to end exchanges that went idle; its size is set by the loader before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+/* Never written: the zeroed value a new conns entry starts from (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct conn_state);
+} conn_zero SEC(".maps");
+
+/* Listening ports of the pod's network namespaces; seeded by user space from
+ * /proc/net/tcp{,6} at start, then kept by inet_sock_set_state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LISTEN_PORTS);
+	__type(key, struct listen_key);
+	__type(value, __u8);
+} listen_ports SEC(".maps");
+
+/* host tid -> the server exchange it is serving (request seen, response not begun). A plain
+ * hash: updated on every server request, where an LRU's list upkeep costs more; entries go
+ * with their thread (sched_process_exit), and a full map only costs parent links. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct parent_ref);
+} serving SEC(".maps");
+
+/* TCP over IPv4/IPv6 only: unix, UDP, MPTCP sockets are not ours. sk is a BTF pointer
+ * (tp_btf argument): direct loads, no probe reads. */
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	__u16 family;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM)
+		return false;
+	family = sk->__sk_common.skc_family;
+	return family == AF_INET || family == AF_INET6;
+}
+
+static __always_inline void fill_tuple(struct conn_tuple *t, const struct sock *sk)
+{
+	__u16 family = sk->__sk_common.skc_family;
+
+	t->family = family;
+	t->sport = sk->__sk_common.skc_num; /* host order already */
+	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == AF_INET6) {
+		bpf_core_read(t->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		bpf_core_read(t->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(t->daddr, 4, &sk->__sk_common.skc_daddr);
+	}
+}
+
+static __always_inline void listen_key_of(const struct sock *sk, struct listen_key *key)
+{
+	key->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	key->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+}
+
+/* Role of a socket seen for the first time: accepted sockets keep the listener's
+ * local port, which no connecting socket of the same namespace can have. */
+static __always_inline __u8 socket_role(const struct sock *sk)
+{
+	struct listen_key key = {};
+
+	listen_key_of(sk, &key);
+	return bpf_map_lookup_elem(&listen_ports, &key) ? ROLE_SERVER : ROLE_CLIENT;
+}
+
+/* State of a connection seen for the first time (sk may be NULL for a socket-less TLS
+ * session): identity resolved here, once, and reported in an EVENT_CONN_OPEN. */
+static __always_inline struct conn_state *conn_new(__u64 key, const struct sock *sk, __u8 role,
+						   __u8 tls, const struct cur_task *cur)
+{
+	struct conn_event e = { .type = EVENT_CONN_OPEN, .role = role, .sock_id = key };
+	struct conn_state *st;
+	__u32 zero = 0;
+	void *blank = bpf_map_lookup_elem(&conn_zero, &zero);
+
+	if (!blank || bpf_map_update_elem(&conns, &key, blank, BPF_NOEXIST))
+		return NULL;
+	st = bpf_map_lookup_elem(&conns, &key);
+	if (!st)
+		return NULL;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.flags = tls ? FLAG_TLS : 0;
+	task_ids(cur, &e);
+	if (sk)
+		fill_tuple(&e.tuple, sk);
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	st->tls = tls;
+	st->rec.type = EVENT_EXCHANGE;
+	st->rec.role = role;
+	st->rec.pid = e.pid;
+	st->rec.ns_pid = e.ns_pid;
+	st->rec.sock_id = key;
+	submit(&e, sizeof(e));
+	return st;
+}
+
+/* Listening ports come and go; a new one is also news for discover/ (BEYLA_OPEN_PORT).
+ * TCP_LISTEN is entered in listen()'s process context; other transitions may run in
+ * softirq, where `current` is unrelated: they only delete by key. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(beyla_sk_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct listen_key key = {};
+	struct cur_task cur;
+	__u8 one = 1;
+
+	if (newstate == TCP_LISTEN) {
+		if (!current_filtered(&cur))
+			return 0;
+		listen_key_of(sk, &key);
+		bpf_map_update_elem(&listen_ports, &key, &one, BPF_ANY);
+		task_event(EVENT_PROCESS_LISTEN, &cur);
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
+		/* not LISTEN -> SYN_RECV: that is a new child socket cloned from the listener */
+		listen_key_of(sk, &key);
+		bpf_map_delete_elem(&listen_ports, &key);
+	}
+	return 0;
+}
+
+#endif /* __BEYLA_CONN_H */

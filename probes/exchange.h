@@ -1,0 +1,390 @@
+/* The exchange state machine of a connection: request bytes, then response bytes, then
+ * the next request ends the exchange (one record). Continuation transfers only update
+ * counts and times. The first bytes of each message are kept as a prefix, and the end of
+ * its head (the empty line) is looked for in the kernel, so that body sizes stay exact
+ * and an incoming traceparent is found however large the head is. */
+#ifndef __BEYLA_EXCHANGE_H
+#define __BEYLA_EXCHANGE_H
+
+#include "conn.h"
+
+/* Head scan: 64-byte blocks read one at a time, of which 48 are scanned before the next is
+ * read, so that the first 8 bytes after any line break are in the block. Heads beyond
+ * MAX_HEAD_SCAN stay unknown. */
+#define SCAN_BLOCK 64
+#define MAX_HEAD_SCAN (64 * 1024)
+#define LF_BYTES 0x0a0a0a0a0a0a0a0aULL
+#define CR_BYTES 0x0d0d0d0d0d0d0d0dULL
+#define LOW_BITS 0x0101010101010101ULL
+#define HIGH_BITS 0x8080808080808080ULL
+#define LOWER_CASE 0x2020202020202020ULL
+#define TRACEPAR 0x7261706563617274ULL /* "tracepar", little-endian */
+
+/* A user buffer holding (the start of) one transfer's bytes. */
+struct xfer {
+	__u64 buf;   /* user address; 0: none (sendfile, splice, unknown syscall) */
+	__u64 avail; /* readable bytes at buf */
+};
+
+/* Scratch of the head scan, per CPU: the block (no variable offsets into the stack; the
+ * 16 bytes of slack let a line-start check read past the last block position) and the
+ * cursor. The cursor lives here, not in the bpf_loop context on the stack: the verifier
+ * tracks stack values exactly and would walk every iteration apart, while map memory is
+ * just "some value" to it, so one pass over the callback verifies them all. */
+struct scan_block {
+	__u32 pos;        /* next byte to scan, in the scanned bytes */
+	__u32 blk_start;  /* position of b[0] */
+	__u32 blk_usable; /* bytes of the block scanned before reading the next one */
+	__u32 _pad;
+	__u8 b[SCAN_BLOCK + 16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scan_block);
+} scan_blocks SEC(".maps");
+
+/* One scan over the bytes of a message not looked at yet: first (klen bytes at kbuf) the
+ * first transfer when the prefix held it whole and its scan was deferred, then the current
+ * transfer's bytes in user memory (len - klen of them at ubuf). Word by word, each
+ * bpf_loop iteration one word: loops inside the callback would make the verifier walk
+ * every iteration's branches at once. */
+struct scan_ctx {
+	struct conn_state *st;
+	struct scan_block *blk;
+	__u64 kbuf;
+	__u64 ubuf;
+	__u32 klen;
+	__u32 len;
+	__u32 *head;      /* where the head length goes */
+	bool request;     /* look for traceparent too */
+};
+
+/* An index re-bounded where it is used: clang may otherwise recompute it from a spilled
+ * 32-bit copy whose bounds the verifier no longer knows. */
+static __always_inline __u32 bound_index(__u32 v, __u32 max)
+{
+	barrier_var(v);
+	return v > max ? max : v;
+}
+
+static __always_inline bool has_lf(__u64 w)
+{
+	__u64 x = w ^ LF_BYTES;
+
+	return (x - LOW_BITS) & ~x & HIGH_BITS;
+}
+
+/* A line starting at block position q (just after a LF) is "traceparent:": keep it. Only
+ * in user memory: a line in the prefix is found by user space. */
+static __always_inline void check_traceparent(struct scan_ctx *c, __u32 q)
+{
+	struct exchange *rec = &c->st->rec;
+	__u32 at = c->blk->blk_start + q, left;
+
+	if (rec->flags & FLAG_TRACEPARENT || q > SCAN_BLOCK || at < c->klen || at >= c->len)
+		return;
+	if ((*(__u64 *)&c->blk->b[bound_index(q, SCAN_BLOCK)] | LOWER_CASE) != TRACEPAR)
+		return;
+	left = c->len - at;
+	if (left > TRACEPARENT_CAPTURE)
+		left = TRACEPARENT_CAPTURE;
+	/* user space checks the rest of the name ("ent:") and the value */
+	if (left >= 12 && !bpf_probe_read_user(rec->traceparent, left, (void *)(c->ubuf + at - c->klen)))
+		rec->flags |= FLAG_TRACEPARENT;
+}
+
+/* One byte of the head automaton; true when the head ends at block position q. */
+static __always_inline bool scan_byte(struct scan_ctx *c, __u32 q)
+{
+	struct conn_state *st = c->st;
+	__u8 b;
+
+	if (q >= SCAN_BLOCK)
+		return false;
+	b = c->blk->b[bound_index(q, SCAN_BLOCK - 1)];
+	if (b == '\n') {
+		if (st->nl) {
+			*c->head = st->scanned + c->blk->blk_start + q + 1;
+			return true;
+		}
+		st->nl = 1;
+		if (c->request)
+			check_traceparent(c, q + 1);
+	} else if (b != '\r') {
+		st->nl = 0;
+	}
+	return false;
+}
+
+/* Read the block at c->pos: up to SCAN_BLOCK bytes of the segment (prefix or user buffer)
+ * it lies in. A full block keeps its last 16 bytes as lookahead for line starts. */
+static __always_inline bool next_block(struct scan_ctx *c, __u32 pos)
+{
+	struct scan_block *blk = c->blk;
+	bool kernel = pos < c->klen;
+	__u32 seg_end = kernel ? c->klen : c->len;
+	__u32 n;
+	long err;
+
+	if (pos >= seg_end)
+		return false;
+	n = seg_end - pos;
+	if (n > SCAN_BLOCK)
+		n = SCAN_BLOCK;
+	err = kernel ? bpf_probe_read_kernel(blk->b, n, (void *)(c->kbuf + pos)) :
+		       bpf_probe_read_user(blk->b, n, (void *)(c->ubuf + pos - c->klen));
+	if (err) {
+		count(COUNTER_READ_FAILS);
+		return false;
+	}
+	blk->blk_start = pos;
+	blk->blk_usable = pos + n < seg_end ? SCAN_BLOCK - 16 : n;
+	return true;
+}
+
+/* bpf_loop callback: one word (fewer at a segment's end). */
+static long scan_one_word(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	struct scan_block *blk = c->blk;
+	__u32 pos = blk->pos, q, k, avail;
+	__u64 word;
+
+	if (pos >= c->len)
+		return 1;
+	if (pos >= blk->blk_start + blk->blk_usable && !next_block(c, pos)) {
+		c->st->scanning = SCAN_DONE;
+		return 1;
+	}
+	q = pos - blk->blk_start;
+	avail = blk->blk_usable - q;
+	if (q > SCAN_BLOCK - 8 || avail > SCAN_BLOCK)
+		return 1; /* cannot happen (blk_usable <= SCAN_BLOCK): bounds the loads below */
+	if (avail >= 8) {
+		word = *(__u64 *)&blk->b[bound_index(q, SCAN_BLOCK - 8)];
+		blk->pos = pos + 8;
+		if (!has_lf(word)) {
+			if (word != CR_BYTES)
+				c->st->nl = 0;
+			return 0;
+		}
+		avail = 8;
+	} else {
+		blk->pos = pos + avail;
+	}
+	for (k = 0; k < 8; k++) {
+		if (k >= avail)
+			break;
+		if (scan_byte(c, q + k)) {
+			c->st->scanning = SCAN_DONE;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The head scan of a message whose first transfer was captured whole (all its readable
+ * bytes: a writev's first iovec is often the head alone): when they end with an empty line,
+ * the head ended in them and user space finds it in the prefix; else the scan is deferred
+ * to a second transfer, if one comes (most heads never need it). */
+static __always_inline void first_transfer_captured(struct conn_state *st, __u32 at, __u16 len,
+						   bool whole)
+{
+	__u32 end = bound_index(at + len, sizeof(st->rec.data));
+
+	if (end < 4)
+		return;
+	if ((st->rec.data[end - 1] == '\n' && st->rec.data[end - 2] == '\n') ||
+	    (st->rec.data[end - 1] == '\n' && st->rec.data[end - 2] == '\r' &&
+	     st->rec.data[end - 3] == '\n' && st->rec.data[end - 4] == '\r'))
+		st->scanning = SCAN_DONE;
+	else if (whole)
+		st->scanning = SCAN_DEFERRED;
+	else { /* the head goes on in bytes that were not readable (a later iovec) */
+		st->scanning = SCAN_DONE;
+		st->rec.flags |= FLAG_TRUNCATED;
+	}
+}
+
+/* Continue the head scan of the current message over this transfer (and, when deferred,
+ * over the first transfer, held whole at rec.data[at..at+captured]). */
+static __always_inline void scan_head(struct conn_state *st, const struct xfer *x, __u32 moved,
+				      __u32 at, __u16 captured, __u32 *head, bool request)
+{
+	__u32 zero = 0;
+	struct scan_ctx c = { .st = st, .ubuf = x->buf, .head = head, .request = request };
+	__u64 ulen = x->buf ? (x->avail < moved ? x->avail : moved) : 0;
+
+	if (st->scanning == SCAN_DEFERRED) {
+		if (at > REQ_CAPTURE_MAX)
+			at = REQ_CAPTURE_MAX;
+		c.kbuf = (__u64)&st->rec.data[at];
+		c.klen = captured;
+		st->scanning = SCAN_RUNNING;
+	}
+	c.blk = bpf_map_lookup_elem(&scan_blocks, &zero);
+	if (!c.blk || st->scanned >= MAX_HEAD_SCAN) {
+		st->scanning = SCAN_DONE;
+		return;
+	}
+	c.blk->pos = c.blk->blk_start = c.blk->blk_usable = 0;
+	if (ulen > MAX_HEAD_SCAN - st->scanned)
+		ulen = MAX_HEAD_SCAN - st->scanned;
+	c.len = c.klen + ulen;
+	/* a word per iteration, plus the short words at the end of each segment */
+	bpf_loop(c.len / 8 + 2, scan_one_word, &c, 0);
+	if (st->scanning == SCAN_RUNNING) {
+		st->scanned += c.len;
+		if (ulen < moved) { /* the rest was not readable, or the head is too long */
+			st->scanning = SCAN_DONE;
+			st->rec.flags |= FLAG_TRUNCATED;
+		}
+	}
+}
+
+/* Bytes of the transfer readable at x->buf. */
+static __always_inline __u32 readable(const struct xfer *x, __u32 moved)
+{
+	if (!x->buf)
+		return 0;
+	return x->avail < moved ? x->avail : moved;
+}
+
+/* Copy up to `cap` (<= max, a constant) first bytes of the transfer to rec.data[at..]
+ * (at <= REQ_CAPTURE_MAX); returns the count. */
+static __always_inline __u16 capture(struct conn_state *st, __u32 at, __u32 cap, __u32 max,
+				     const struct xfer *x, __u32 moved)
+{
+	__u32 len = cap;
+
+	if (!x->buf)
+		return 0;
+	if (len > moved)
+		len = moved;
+	if (len > x->avail)
+		len = x->avail;
+	/* the knobs are only known at load time: these bounds let the verifier accept a
+	 * variable-size read at a variable offset of data[] */
+	if (at > REQ_CAPTURE_MAX)
+		at = REQ_CAPTURE_MAX;
+	if (len > max)
+		len = max;
+	if (!len)
+		return 0;
+	if (bpf_probe_read_user(&st->rec.data[at], len, (void *)x->buf)) {
+		count(COUNTER_READ_FAILS);
+		st->rec.flags |= FLAG_TRUNCATED;
+		return 0;
+	}
+	return len;
+}
+
+/* Send the finished exchange and clear it (the connection's identity stays). */
+static __always_inline void emit_exchange(struct conn_state *st, __u8 end)
+{
+	struct exchange *rec = &st->rec;
+	/* up to the end of what the response prefix holds: no unused capture room is copied */
+	__u64 size = offsetof(struct exchange, data) + rec->resp_off + rec->resp_len;
+
+	if (size > sizeof(*rec))
+		size = sizeof(*rec);
+	rec->end = end;
+	submit(rec, size);
+	st->phase = PHASE_IDLE;
+}
+
+static __always_inline void start_request(struct conn_state *st, __u64 key, const struct xfer *x,
+					  __u32 moved, __u64 now)
+{
+	struct exchange *rec = &st->rec;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct parent_ref ref = { .sock_id = key, .start_ns = now };
+	struct parent_ref *parent;
+
+	st->phase = PHASE_REQUEST;
+	st->scanning = SCAN_RUNNING;
+	st->nl = 0;
+	st->scanned = 0;
+	rec->flags = st->tls ? FLAG_TLS : 0;
+	rec->tid = tid;
+	rec->req_start_ns = now;
+	rec->resp_start_ns = rec->resp_end_ns = 0;
+	rec->req_bytes = rec->resp_bytes = 0;
+	rec->req_head = rec->resp_head = 0;
+	rec->resp_len = 0;
+	rec->resp_off = req_capture;
+	rec->parent_sock = rec->parent_start = 0;
+	if (rec->role == ROLE_SERVER) {
+		bpf_map_update_elem(&serving, &tid, &ref, BPF_ANY);
+	} else {
+		parent = bpf_map_lookup_elem(&serving, &tid);
+		if (parent) {
+			rec->parent_sock = parent->sock_id;
+			rec->parent_start = parent->start_ns;
+		}
+	}
+	rec->req_len = capture(st, 0, req_capture, REQ_CAPTURE_MAX, x, moved);
+}
+
+static __always_inline void start_response(struct conn_state *st, __u64 key, const struct xfer *x,
+					   __u32 moved, __u64 now)
+{
+	struct exchange *rec = &st->rec;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct parent_ref *ref;
+
+	st->phase = PHASE_RESPONSE;
+	st->scanning = SCAN_RUNNING;
+	st->nl = 0;
+	st->scanned = 0;
+	rec->resp_start_ns = now;
+	if (rec->role == ROLE_SERVER) {
+		/* answering: later calls of this thread are not children of this request */
+		ref = bpf_map_lookup_elem(&serving, &tid);
+		if (ref && ref->sock_id == key)
+			bpf_map_delete_elem(&serving, &tid);
+	}
+	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
+}
+
+/* `moved` bytes went through the connection in one direction (recv: into the process). */
+static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool recv, __u32 moved,
+					const struct xfer *x)
+{
+	struct exchange *rec = &st->rec;
+	bool request = (rec->role == ROLE_SERVER) == recv;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (request) {
+		if (st->phase == PHASE_RESPONSE)
+			emit_exchange(st, END_NEXT_REQUEST);
+		if (st->phase == PHASE_IDLE) {
+			start_request(st, key, x, moved, now);
+			if (rec->req_len && rec->req_len == readable(x, moved))
+				first_transfer_captured(st, 0, rec->req_len, rec->req_len == moved);
+		}
+		rec->req_bytes += moved;
+		rec->req_end_ns = now;
+		if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->req_bytes > moved))
+			scan_head(st, x, moved, 0, rec->req_len, &rec->req_head, true);
+		return;
+	}
+	if (st->phase == PHASE_IDLE) {
+		count(COUNTER_ORPHAN_RESPONSES); /* e.g. the rest of an answer begun before we attached */
+		return;
+	}
+	if (st->phase == PHASE_REQUEST) {
+		start_response(st, key, x, moved, now);
+		if (rec->resp_len && rec->resp_len == readable(x, moved))
+			first_transfer_captured(st, rec->resp_off, rec->resp_len, rec->resp_len == moved);
+	}
+	rec->resp_bytes += moved;
+	rec->resp_end_ns = now;
+	if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->resp_bytes > moved))
+		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
+}
+
+#endif /* __BEYLA_EXCHANGE_H */

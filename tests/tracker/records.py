@@ -1,0 +1,34 @@
+"""Kernel records and events as the probes send them, for tracker tests."""
+
+from __future__ import annotations
+
+from beyla_sidecar.bpf.events import FLAG_TLS, ConnTuple, End, Event, EventType, ExchangeRecord, Role
+
+REQ_PREFIX = 256  # BEYLA_REQUEST_CAPTURE_SIZE default
+RESP_PREFIX = 64  # BEYLA_RESPONSE_CAPTURE_SIZE default
+PID = 5000  # host pid; the thread ids and the namespace pid derive from it
+REQ = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def ns_pid(pid: int) -> int:
+    return pid - 4990
+
+
+def conn_event(etype: EventType, sock: int, role: Role = Role.SERVER, conn: ConnTuple = ConnTuple("", 0, "", 0),
+               pid: int = PID, tls: bool = False) -> Event:
+    return Event(etype, 1, sock, pid, pid + 1, ns_pid(pid), ns_pid(pid) + 1, role, conn, "app", tls)
+
+
+def exchange(sock: int, start: int, request: bytes = REQ, response: bytes | None = RESP, *,
+             role: Role = Role.SERVER, parent: tuple[int, int] | None = None, tid: int = PID + 1,
+             pid: int = PID, tls: bool = False, end: End = End.NEXT_REQUEST) -> ExchangeRecord:
+    """One exchange on socket `sock` whose request began at `start` (request until start+10,
+    response from start+20 to start+30; response None: none came). Small messages: the
+    heads are in the prefixes, for user space to find."""
+    resp = b"" if response is None else response
+    return ExchangeRecord(
+        sock, pid, ns_pid(pid), tid, role, end, FLAG_TLS if tls else 0,
+        start, start + 10, 0 if response is None else start + 20, 0 if response is None else start + 30,
+        len(request), len(resp), parent, 0, 0, request[:REQ_PREFIX], resp[:RESP_PREFIX], b"")
