@@ -43,7 +43,7 @@ run: install
 test: install test-deps
 	$(VENV)/bin/pytest
 
-# `make bench`: about 12 minutes; `make bench BENCH_QUICK=1` checks the harness in ~3.
+# `make bench`: about 16 minutes; `make bench BENCH_QUICK=1` checks the harness in ~6.
 # Figures go to benchmarks/results/ (latest.md, latest.json); see benchmarks/README.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -177,9 +177,10 @@ class Pipeline:
         route = self.routes.route(target.service, path)
         desc = ex.protocol.describe(ex.request, ex.response, ex.kind, self.cfg.include_query, route=route,
                                       tls=ex.tls)
-        if target.metrics is not None and not drop & Drop.METRICS:
+        # `is Drop.NONE` first: Flag's `&` costs a microsecond, and most paths are not ignored
+        if target.metrics is not None and (drop is Drop.NONE or not drop & Drop.METRICS):
             target.metrics.record(ex, desc, route)
-        if ex.context.sampled and not drop & Drop.TRACES:  # sampled out: metrics only, not a drop
+        if ex.context.sampled and (drop is Drop.NONE or not drop & Drop.TRACES):  # sampled out: not a drop
             self.export.submit(ex, desc, target.resource)
 
     def _target(self, pid: int) -> _Target:

@@ -140,29 +140,28 @@ def _split_target(target: bytes) -> tuple[str, str, str | None]:
     return path.decode("utf-8", "replace"), query.decode("utf-8", "replace"), authority
 
 
-def _head_length(prefix: bytes, kernel: int) -> int:
-    """Head length: the kernel's scan when it found the end, else the prefix's; 0: unknown."""
-    if kernel:
-        return kernel
-    end = _head_end(prefix, 0, 0)
-    return end if end > 0 else 0
-
-
 def _first_line_end(b: bytes) -> int:
     """End of the start line (without its line ending); the whole prefix when it has no LF."""
     nl = b.find(b"\n")
     return _line_end(b, 0, nl) if nl >= 0 else len(b)
 
 
-def parse_request(rec: ExchangeRecord) -> HttpRequest | None:
-    """The request of an exchange record, None when its prefix is no HTTP/1 request line."""
-    b = rec.request
+# What a request prefix says: method, path, query, version, host, traceparent (or None
+# when not in the prefix), head length found in the prefix (0: not there).
+RequestFields = tuple[str, str, str, str, "str | None", "str | None", int]
+# What a response prefix says: status, version, head length found in the prefix.
+ResponseFields = tuple[int, str, int]
+
+
+def request_fields(b: bytes) -> RequestFields | None:
+    """The parts of a request prefix a span needs; None when it is no HTTP/1 request line."""
     parts = _request_line(b, 0, _first_line_end(b))
     if parts is None:
         return None
     method_b, target, version = parts
     method = method_b.decode("ascii")
-    head = _head_length(b, rec.req_head)
+    end = _head_end(b, 0, 0)
+    head = end if end > 0 else 0
     low = b[:head or len(b)].lower()
     if method == "CONNECT" or (method == "OPTIONS" and target == b"*"):
         path, query, authority = target.decode("utf-8", "replace"), "", None
@@ -172,22 +171,42 @@ def parse_request(rec: ExchangeRecord) -> HttpRequest | None:
     host = host_b.decode("utf-8", "replace") if host_b else authority
     if host is None and method == "CONNECT":
         host = path
-    tp = _header(low, b"\ntraceparent:")
-    if tp is None and rec.traceparent[:len(_TRACEPARENT_NAME)].lower() == _TRACEPARENT_NAME:
-        tp = rec.traceparent[len(_TRACEPARENT_NAME):].partition(b"\n")[0].strip().lower()
-    size = rec.req_bytes - head if head else 0
-    return HttpRequest(True, rec.req_start_ns, rec.req_end_ns, size, head, _traceparent(tp),
-                       method, path, query, version, host)
+    return method, path, query, version, host, _traceparent(_header(low, b"\ntraceparent:")), head
 
 
-def parse_response(rec: ExchangeRecord) -> HttpResponse | None:
-    """The response of an exchange record, None when its prefix is no HTTP/1 status line."""
-    b = rec.response
+def response_fields(b: bytes) -> ResponseFields | None:
+    """Status, version and head length of a response prefix; None when no HTTP/1 status line."""
     parts = _status_line(b, 0, _first_line_end(b))
     if parts is None:
         return None
-    status, version = parts
-    head = _head_length(b, rec.resp_head)
+    end = _head_end(b, 0, 0)
+    return parts[0], parts[1], end if end > 0 else 0
+
+
+def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> HttpRequest | None:
+    """The request of an exchange record, None when its prefix is no HTTP/1 request line.
+    `fields`: request_fields(rec.request), when the caller has them already."""
+    if fields is None:
+        fields = request_fields(rec.request)
+        if fields is None:
+            return None
+    method, path, query, version, host, traceparent, head = fields
+    head = rec.req_head or head
+    if traceparent is None and rec.traceparent[:len(_TRACEPARENT_NAME)].lower() == _TRACEPARENT_NAME:
+        traceparent = _traceparent(rec.traceparent[len(_TRACEPARENT_NAME):].partition(b"\n")[0].strip().lower())
+    size = rec.req_bytes - head if head else 0
+    return HttpRequest(True, rec.req_start_ns, rec.req_end_ns, size, head, traceparent,
+                       method, path, query, version, host)
+
+
+def parse_response(rec: ExchangeRecord, fields: ResponseFields | None = None) -> HttpResponse | None:
+    """The response of an exchange record, None when its prefix is no HTTP/1 status line."""
+    if fields is None:
+        fields = response_fields(rec.response)
+        if fields is None:
+            return None
+    status, version, head = fields
+    head = rec.resp_head or head
     size = rec.resp_bytes - head if head else 0
     return HttpResponse(False, rec.resp_start_ns, rec.resp_end_ns, size, head, None, status, version)
 
@@ -206,23 +225,47 @@ def _host_only(host: str) -> str:
     return host.partition(":")[0]
 
 
+_MISSING = object()
+PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
+
+
+def _remember(cache: dict, key: bytes, value: object) -> object:
+    if len(cache) >= PARSE_CACHE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class HTTP1(Protocol):
     """HTTP/1.0 and HTTP/1.1, over plain TCP or TLS (plaintext from the TLS library probes)."""
 
     name = "http"
 
+    def __init__(self) -> None:
+        # Prefix -> what it says: clients repeat the same requests (and servers the same
+        # heads within a second), so most exchanges parse with one dict lookup each way.
+        self._requests: dict[bytes, RequestFields | None] = {}
+        self._responses: dict[bytes, ResponseFields | None] = {}
+
     def detect(self, request: bytes, response: bytes) -> bool:
         return request.startswith(_METHOD_PREFIXES)
 
     def parse(self, rec: ExchangeRecord) -> Parsed | None:
-        request = parse_request(rec)
-        if request is None:
+        fields = self._requests.get(rec.request, _MISSING)
+        if fields is _MISSING:
+            fields = _remember(self._requests, rec.request, request_fields(rec.request))
+        if fields is None:
             return None
+        request = parse_request(rec, fields)  # type: ignore[arg-type]
+        assert request is not None
         response = None
         if rec.resp_start_ns:
-            response = parse_response(rec)
-            if response is None:
+            rfields = self._responses.get(rec.response, _MISSING)
+            if rfields is _MISSING:
+                rfields = _remember(self._responses, rec.response, response_fields(rec.response))
+            if rfields is None:
                 return None
+            response = parse_response(rec, rfields)  # type: ignore[arg-type]
         # after a protocol switch or an accepted CONNECT the bytes are no longer HTTP
         ends = response is not None and (response.status_code == 101 or (
             request.method == "CONNECT" and 200 <= response.status_code < 300))

@@ -80,7 +80,7 @@ class Tracker:
         self._sampler = sampler
         self._conns: OrderedDict[int, Connection] = OrderedDict()
         self._swept: dict[int, int] = {}  # sock_id -> req_start_ns of the exchange ended idle
-        self._parents: OrderedDict[tuple[int, int], TraceContext] = OrderedDict()
+        self._parents: dict[tuple[int, int], TraceContext] = {}  # insertion order: oldest first
         self._waiting: dict[tuple[int, int], list[tuple[int, Connection, ExchangeRecord, Parsed]]] = {}
         self._logged: set[tuple[int, int]] = set()  # (pid, port) of unrecognised traffic, logged once
         self._per_pid: dict[int, int] = {}  # host pid -> its open connections
@@ -182,10 +182,12 @@ class Tracker:
             c.ignored = True
         if c.role is Role.SERVER:
             ctx = server_context(parsed.request.traceparent, self._sampler)
-            self._remember_parent(rec.key, ctx)
+            key = (rec.sock_id, rec.req_start_ns)
+            self._remember_parent(key, ctx)
             self._finish(c, rec, parsed, ctx)
-            for _, child, child_rec, child_parsed in self._waiting.pop(rec.key, ()):
-                self._finish(child, child_rec, child_parsed, client_context(ctx, self._sampler))
+            if self._waiting:
+                for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
+                    self._finish(child, child_rec, child_parsed, client_context(ctx, self._sampler))
             return
         parent = self._parents.get(rec.parent) if rec.parent else None
         if rec.parent and parent is None:
@@ -226,9 +228,10 @@ class Tracker:
                         role=c.role.name.lower())
 
     def _remember_parent(self, key: tuple[int, int], ctx: TraceContext) -> None:
-        self._parents[key] = ctx
-        if len(self._parents) > RECENT_PARENTS:
-            self._parents.popitem(last=False)
+        parents = self._parents
+        parents[key] = ctx
+        if len(parents) > RECENT_PARENTS:
+            del parents[next(iter(parents))]
 
     def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext) -> None:
         assert c.protocol is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 from beyla_sidecar.bpf import events
 from beyla_sidecar.bpf.events import (CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA, PROCESS_EVENTS, Decoder,
                                       End, EventType, ExchangeRecord, Role, decode_exchange)
-from beyla_sidecar.bpf.loader import _LISTEN_KEY
+from beyla_sidecar.bpf.loader import _LISTEN_KEY, COUNTER_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 OBJECT = REPO / "beyla_sidecar" / "bpf" / "objects" / "beyla.bpf.o"
@@ -34,6 +34,8 @@ int main(void) {
     printf("FLAG_TLS %d\nFLAG_TRACEPARENT %d\nFLAG_TRUNCATED %d\nEND_NEXT_REQUEST %d\nEND_CLOSE %d\n",
            FLAG_TLS, FLAG_TRACEPARENT, FLAG_TRUNCATED, END_NEXT_REQUEST, END_CLOSE);
     printf("EVENT_EXCHANGE %d\nEVENT_PROCESS_LISTEN %d\n", EVENT_EXCHANGE, EVENT_PROCESS_LISTEN);
+    printf("COUNTER_RINGBUF_DROPS %d\nCOUNTER_READ_FAILS %d\nCOUNTER_ORPHAN_RESPONSES %d\n",
+           COUNTER_RINGBUF_DROPS, COUNTER_READ_FAILS, COUNTER_ORPHAN_RESPONSES);
     return 0;
 }
 """
@@ -72,6 +74,8 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
         events.FLAG_TLS, events.FLAG_TRACEPARENT, events.FLAG_TRUNCATED)
     assert (out["END_NEXT_REQUEST"], out["END_CLOSE"]) == (End.NEXT_REQUEST, End.CLOSE)
     assert (out["EVENT_EXCHANGE"], out["EVENT_PROCESS_LISTEN"]) == (EventType.EXCHANGE, EventType.PROCESS_LISTEN)
+    assert [out["COUNTER_RINGBUF_DROPS"], out["COUNTER_READ_FAILS"], out["COUNTER_ORPHAN_RESPONSES"]] == [
+        COUNTER_NAMES.index(name) for name in ("ringbuf_drops", "read_fails", "orphan_responses")]
 
 
 def test_kernel_state_layouts_match_the_object_btf() -> None:
