@@ -4,7 +4,7 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 DEB_PACKAGES = clang-16 llvm-16 libbpf-dev libbpf1 bpftool make
-TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils
+TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils redis-server
 STAMP       := $(VENV)/.installed
 PROBE_SRCS  := $(wildcard probes/*.bpf.c probes/*.h probes/Makefile)
 

@@ -22,6 +22,7 @@ from opentelemetry.sdk.resources import Resource
 
 from beyla_sidecar.bpf.events import ConnTuple
 from beyla_sidecar.export.metrics import Metrics
+from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
 from beyla_sidecar.tracker.context import TraceContext
@@ -59,7 +60,7 @@ def main(n: int) -> None:
 
 def per_exchange(exs: list[Exchange], label: str) -> None:
     routes = Routes((), "auto", 200)
-    service = Metrics().service("bench", RESOURCE)
+    service = Metrics(all_protocols()).service("bench", RESOURCE)
 
     def describe(ex: Exchange) -> None:
         ex.protocol.describe(ex.request, ex.response, ex.kind, False, route="/x")
@@ -95,7 +96,7 @@ def per_exchange(exs: list[Exchange], label: str) -> None:
 def cardinality() -> None:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    routes2, metrics2 = Routes((), "auto", 200), Metrics()
+    routes2, metrics2 = Routes((), "auto", 200), Metrics(all_protocols())
     svc = metrics2.service("bench", RESOURCE)
     for ex in exchanges(10_000):
         ex.request.path = f"/users/{ex.request.path.rsplit('/', 1)[1]}"  # type: ignore[attr-defined]

@@ -193,6 +193,10 @@ class Config:
     include_query: bool = _env(
         "BEYLA_INCLUDE_QUERY", "false",
         "Export `url.query` on spans. Off by default: query strings often carry secrets.", _bool)
+    include_command_line: bool = _env(
+        "BEYLA_INCLUDE_COMMAND_LINE", "false",
+        "Export `process.command_line` in span resources. Off by default: command lines carry "
+        "secrets (`curl -H 'Authorization: ...'`, `--password=...`).", _bool)
     log_level: str = _env(
         "BEYLA_LOG_LEVEL", "info", "Log level: debug, info, warning, error.",
         _choice("debug", "info", "warning", "error"))

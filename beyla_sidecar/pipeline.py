@@ -108,12 +108,12 @@ class Pipeline:
         self.export = TraceExport(cfg, self.clock)
         self.routes = Routes(cfg.routes_patterns, cfg.routes_unmatched, cfg.routes_max_per_service,
                              cfg.routes_ignore, IGNORE_MODES[cfg.routes_ignore_mode])
+        protocols = all_protocols()
         # Aggregating costs per request: only when some exporter will read the metrics.
-        self.metrics = (Metrics(cfg.metric_extra_attributes)
+        self.metrics = (Metrics(protocols, cfg.metric_extra_attributes)
                         if cfg.prometheus_port or cfg.metrics_endpoint else None)
         self._metric_push: MetricPush | None = None
         self._me = psutil.Process()
-        protocols = all_protocols()
         self._protocol_names = tuple(p.name for p in protocols)
         # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
         self.sampler = make_sampler(cfg.traces_sampler, cfg.traces_sampler_arg)
@@ -283,7 +283,7 @@ class Pipeline:
                         self.housekeeping()
                         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 probes.consume(self.on_record)
-                self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()))  # everything still open
+                self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()), finished_only=False)  # all open
                 self.tracker.expire(1 << 63)
                 self.stats.kernel_counters = probes.counters()
             self.export.flush()

@@ -28,6 +28,9 @@ struct conn_state {
 	__u8 scanning;  /* enum scan, for the current message */
 	__u32 scanned;  /* bytes of the current message scanned so far */
 	__u64 ssl;      /* tls: the SSL* last seen on it, to delete its ssl_socks entry on close */
+	__u8 tp_len;    /* bytes in rec.traceparent so far; short of TRACEPARENT_CAPTURE: the line
+			 * went on in the next transfer, which completes it */
+	__u8 _pad[7];
 	struct exchange rec; /* the exchange in progress, exactly as it will be sent */
 };
 

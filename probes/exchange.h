@@ -91,9 +91,12 @@ static __always_inline void check_traceparent(struct scan_ctx *c, __u32 q)
 	left = c->len - at;
 	if (left > TRACEPARENT_CAPTURE)
 		left = TRACEPARENT_CAPTURE;
-	/* user space checks the rest of the name ("ent:") and the value */
-	if (left >= 12 && !bpf_probe_read_user(rec->traceparent, left, (void *)(c->ubuf + at - c->klen)))
+	/* user space checks the rest of the name ("ent:") and the value; a line the transfer
+	 * cuts is completed from the next one (continue_traceparent) */
+	if (!bpf_probe_read_user(rec->traceparent, left, (void *)(c->ubuf + at - c->klen))) {
 		rec->flags |= FLAG_TRACEPARENT;
+		c->st->tp_len = left;
+	}
 }
 
 /* One byte of the head automaton; true when the head ends at block position q. */
@@ -159,6 +162,10 @@ static long scan_one_word(__u32 i, void *data)
 		c->st->scanning = SCAN_DONE;
 		return 1;
 	}
+	/* the bytes before ended a line (the previous transfer, or the deferred prefix): this
+	 * transfer's first byte starts one */
+	if (c->request && pos == c->klen && c->st->nl)
+		check_traceparent(c, pos - blk->blk_start);
 	q = pos - blk->blk_start;
 	avail = blk->blk_usable - q;
 	if (q > SCAN_BLOCK - 8 || avail > SCAN_BLOCK)
@@ -245,6 +252,26 @@ static __always_inline void scan_head(struct conn_state *st, const struct xfer *
 	}
 }
 
+/* A traceparent line cut by the end of the previous transfer: its rest starts this one. */
+static __always_inline void continue_traceparent(struct conn_state *st, const struct xfer *x, __u32 moved)
+{
+	__u32 have = st->tp_len, n = TRACEPARENT_CAPTURE - have;
+
+	if (have >= TRACEPARENT_CAPTURE || !x->buf)
+		return;
+	if (n > moved)
+		n = moved;
+	if (n > x->avail)
+		n = x->avail;
+	/* the verifier only knows have <= TRACEPARENT_CAPTURE - 1 and n <= TRACEPARENT_CAPTURE: the
+	 * data[] that follows in the record keeps that bound inside the map value */
+	have &= 127;
+	if (have >= TRACEPARENT_CAPTURE || n > TRACEPARENT_CAPTURE || !n)
+		return;
+	if (!bpf_probe_read_user(&st->rec.traceparent[have], n, (void *)x->buf))
+		st->tp_len = have + n;
+}
+
 /* Bytes of the transfer readable at x->buf. */
 static __always_inline __u32 readable(const struct xfer *x, __u32 moved)
 {
@@ -306,6 +333,7 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 
 	st->phase = PHASE_REQUEST;
 	st->scanning = SCAN_RUNNING;
+	st->tp_len = 0;
 	st->nl = 0;
 	st->scanned = 0;
 	rec->flags = st->tls ? FLAG_TLS : 0;
@@ -365,6 +393,8 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 			start_request(st, key, x, moved, now);
 			if (rec->req_len && rec->req_len == readable(x, moved))
 				first_transfer_captured(st, 0, rec->req_len, rec->req_len == moved);
+		} else if (rec->flags & FLAG_TRACEPARENT) {
+			continue_traceparent(st, x, moved);
 		}
 		rec->req_bytes += moved;
 		rec->req_end_ns = now;

@@ -24,8 +24,8 @@ TRACEPARENT_CAPTURE = 80
 EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
 REQ_CAPTURE_MAX = 512
 RESP_CAPTURE_MAX = 256
-# struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, then the exchange
-CONN_STATE = struct.Struct("<BBBBIQ")
+# struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, tp_len, then the exchange
+CONN_STATE = struct.Struct("<BBBBIQB7x")
 PHASE_RESPONSE = 2
 
 

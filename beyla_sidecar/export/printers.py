@@ -47,13 +47,22 @@ def span_json(span: Span, resource: dict[str, object]) -> str:
     return json.dumps(span_dict(span, resource), separators=(",", ":"))
 
 
+def _outcome(a: dict[str, object]) -> object:
+    """The status code the protocol gave (the semantic conventions name every protocol's
+    `*.status_code`), else its `error.type`, else `-`."""
+    for key, value in a.items():
+        if key.endswith(".status_code"):
+            return value
+    return a.get("error.type", "-")
+
+
 def span_line(span: Span, resource: dict[str, object]) -> str:
     a = _attributes(span.attributes)
     started = datetime.fromtimestamp(span.start_time_unix_nano / 1e9, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
     duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
     peer = f"{a.get('network.peer.address', '')}:{a.get('network.peer.port', '')}"
     kind = Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_")
-    return (f"{started} {kind:<6} {span.name} {a.get('http.response.status_code', '-')} "
+    return (f"{started} {kind:<6} {span.name} {_outcome(a)} "
             f"{duration_ms:.3f}ms {resource.get('service.name', '')}[{resource.get('process.pid', '')}] "
             f"peer={peer} trace={span.trace_id.hex()} span={span.span_id.hex()}")
 

@@ -118,7 +118,7 @@ def target_info(resources: Iterable[Resource]) -> Family:
 
 
 def exposition(snapshots: list[ServiceSnapshot], extra: Iterable[Family]) -> str:
-    """The whole `/metrics` page: HTTP histograms, target_info, then `extra` families."""
+    """The whole `/metrics` page: the protocols' histograms, target_info, then `extra` families."""
     families = histogram_families(snapshots)
     if snapshots:
         families.append(target_info(s.resource for s in snapshots))

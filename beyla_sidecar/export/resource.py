@@ -62,5 +62,6 @@ class ResourceFactory:
                                        "process.pid": pid}
         if proc is not None:
             attrs["process.executable.name"] = proc.executable_name
-            attrs["process.command_line"] = proc.command_line
+            if self._cfg.include_command_line:
+                attrs["process.command_line"] = proc.command_line
         return Resource(attrs)

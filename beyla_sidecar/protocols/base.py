@@ -3,7 +3,9 @@
 A protocol is one module in this package (listed in `all_protocols`): a `Protocol` subclass that
 recognises a connection from its first exchange record (the first bytes of a request and of
 its response, with exact sizes and times), parses each record into a request and a response,
-and describes a finished pair as a span. The tracker only ever sees these types.
+describes a finished pair as a span, and says which metric instruments it records, with which
+values and attributes (protocols/instruments.py). The tracker and the exporters only ever see
+these types.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
-from ..bpf.events import ExchangeRecord
+from ..bpf.events import ConnTuple, ExchangeRecord
+from .instruments import InstrumentSet, Measurement
 
 
 class SpanKind(Enum):
@@ -69,6 +72,12 @@ class Protocol(ABC):
         """Request and response of one exchange record; None when the bytes do not parse
         (the tracker counts it). Never raises on bad input."""
 
+    def finished(self, rec: ExchangeRecord) -> bool:
+        """May an exchange whose response went quiet be ended now (the idle sweep)? False when
+        more of the response is known to be due (a declared length not reached): it then ends
+        with its next byte's quiet, the connection's next request or its close. Default: yes."""
+        return True
+
     def path(self, request: Message) -> str | None:
         """The URL path of a request, which route grouping turns into `route`; None: no paths."""
         return None
@@ -82,3 +91,17 @@ class Protocol(ABC):
         the low-cardinality template of `path(request)` (tracker/routes.py), if any; `tls`
         says the exchange went over TLS (seen as plaintext by the TLS library probes).
         """
+
+    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
+        """The histograms exchanges of `kind` record; None: no metrics (the default)."""
+        return None
+
+    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
+                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement | None:
+        """What one exchange records in `instruments(kind)`; None: nothing.
+
+        `desc` is the exchange's description (the same its span gets), `route` as for describe,
+        `extra` the attributes the user opted in to (BEYLA_METRICS_EXTRA_ATTRIBUTES). Runs for
+        every exchange: keep it cheap.
+        """
+        return None

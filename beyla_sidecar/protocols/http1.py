@@ -14,14 +14,19 @@ wire (for chunked bodies that includes the chunk-size lines and trailers).
 A record whose request prefix is not a request line, or whose response prefix is not a
 status line, is a parse failure (counted by the tracker). After a 101 or a successful
 CONNECT the connection is no longer HTTP: `Parsed.ends_protocol` tells the tracker.
+
+Metrics: the semantic conventions' `http.{server,client}.request.duration` and the request and
+response body sizes, with the conventions' default attributes (`url.path` and `client.address`
+only on opt-in: both are unbounded).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bpf.events import ExchangeRecord
+from ..bpf.events import ConnTuple, ExchangeRecord
 from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
+from .instruments import DURATION_BOUNDS, SIZE_BOUNDS, Instrument, InstrumentSet, Measurement
 
 MAX_METHOD = 24
 
@@ -33,6 +38,20 @@ _TARGET_CHARS = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))  # visible,
 _TRACEPARENT_CHARS = b"0123456789abcdef-"
 _TRACEPARENT_NAME = b"traceparent:"
 _VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_SERVER = SpanKind.SERVER  # an Enum member looked up on its class runs Python code (3.11): once here
+
+SERVER_METRICS = InstrumentSet(
+    (Instrument("http.server.request.duration", "s", "Duration of HTTP server requests.", DURATION_BOUNDS),
+     Instrument("http.server.request.body.size", "By", "Size of HTTP server request bodies.", SIZE_BOUNDS),
+     Instrument("http.server.response.body.size", "By", "Size of HTTP server response bodies.", SIZE_BOUNDS)),
+    ("http.request.method", "http.response.status_code", "http.route", "error.type", "url.path",
+     "client.address"))
+CLIENT_METRICS = InstrumentSet(
+    (Instrument("http.client.request.duration", "s", "Duration of HTTP client requests.", DURATION_BOUNDS),
+     Instrument("http.client.request.body.size", "By", "Size of HTTP client request bodies.", SIZE_BOUNDS),
+     Instrument("http.client.response.body.size", "By", "Size of HTTP client response bodies.", SIZE_BOUNDS)),
+    ("http.request.method", "http.response.status_code", "http.route", "error.type", "server.address",
+     "server.port", "url.path"))
 
 
 @dataclass(slots=True)
@@ -183,6 +202,16 @@ def response_fields(b: bytes) -> ResponseFields | None:
     return parts[0], parts[1], end if end > 0 else 0
 
 
+def content_length(b: bytes) -> int | None:
+    """Content-Length of the response head in prefix `b`, None when absent or not in the prefix."""
+    end = _head_end(b, 0, 0)
+    value = _header(b[:end if end > 0 else len(b)].lower(), b"\ncontent-length:")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+NO_BODY_STATUS = frozenset((204, 304))
+
+
 def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> HttpRequest | None:
     """The request of an exchange record, None when its prefix is no HTTP/1 request line.
     `fields`: request_fields(rec.request), when the caller has them already."""
@@ -271,6 +300,21 @@ class HTTP1(Protocol):
             request.method == "CONNECT" and 200 <= response.status_code < 300))
         return Parsed(request, response, ends)
 
+    def finished(self, rec: ExchangeRecord) -> bool:
+        """Unfinished only when the response declares a length its bytes have not reached (a
+        download paused by a rate limit or a slow reader). Chunked and close-delimited bodies
+        cannot be told from a prefix: quiet means finished."""
+        request = request_fields(rec.request)
+        response = response_fields(rec.response)
+        if request is None or response is None or request[0] == "HEAD":
+            return True
+        status, _, head = response
+        head = rec.resp_head or head
+        length = content_length(rec.response)
+        if not head or length is None or status < 200 or status in NO_BODY_STATUS:
+            return True
+        return rec.resp_bytes >= head + length
+
     def path(self, request: Message) -> str | None:
         return getattr(request, "path", None) or None
 
@@ -317,3 +361,26 @@ class HTTP1(Protocol):
             if status >= 500 or (status >= 400 and kind is SpanKind.CLIENT):
                 error_type = str(status)
         return SpanDescription(span_name(method, route), attrs, error_type)
+
+    def instruments(self, kind: SpanKind) -> InstrumentSet:
+        return SERVER_METRICS if kind is SpanKind.SERVER else CLIENT_METRICS
+
+    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
+                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement:
+        """Duration, request and response body size (none without a response).
+
+        Client metrics without a Host header name the server by the connection's address.
+        """
+        a = desc.attributes
+        method, status = a.get("http.request.method"), a.get("http.response.status_code")
+        path = a.get("url.path") if "url.path" in extra else None
+        if response is None:
+            end, response_size = request.end_ns, None
+        else:
+            end, response_size = response.end_ns, response.size
+        values = ((end - request.start_ns) / 1e9, request.size, response_size)
+        if kind is _SERVER:
+            client = conn.remote_addr if "client.address" in extra else None
+            return SERVER_METRICS, (method, status, route, desc.error_type, path, client), values
+        return CLIENT_METRICS, (method, status, route, desc.error_type,
+                                a.get("server.address") or conn.remote_addr, conn.remote_port, path), values

@@ -31,7 +31,8 @@ from .exchange import Exchange
 DETECT_ATTEMPTS = 3
 # How long a client exchange waits for the record of the server exchange it belongs to.
 PARENT_WAIT_NS = 3_000_000_000
-# Server contexts remembered for children whose record comes after their parent's.
+# Server contexts remembered for children whose record comes after their parent's (the
+# newest RECENT_PARENTS at least, up to twice as many).
 RECENT_PARENTS = 4096
 
 log = structlog.get_logger()
@@ -109,14 +110,24 @@ class Tracker:
             return
         self._record(rec)
 
-    def sweep(self, records: Iterable[ExchangeRecord]) -> None:
-        """Exchanges found idle in the kernel's state: ended now; the kernel's own record of
-        each, sent later, is dropped."""
+    def sweep(self, records: Iterable[ExchangeRecord], finished_only: bool = True) -> None:
+        """Exchanges found idle in the kernel's state: ended now, unless their protocol knows
+        more response bytes are due (`finished_only`); the kernel's own record of each ended
+        one, sent later, is dropped."""
         for rec in records:
             if self._swept.get(rec.sock_id) == rec.req_start_ns:
                 continue  # already ended by an earlier sweep
+            if finished_only and not self._finished(rec):
+                continue
             self._record(rec)  # first: a connection it opens forgets the sock_id's swept mark
             self._swept[rec.sock_id] = rec.req_start_ns
+
+    def _finished(self, rec: ExchangeRecord) -> bool:
+        c = self._conns.get(rec.sock_id)
+        proto = c.protocol if c is not None else None
+        if proto is None:  # its first exchange: not bound yet
+            proto = next((p for p in self._protocols if p.detect(rec.request, rec.response)), None)
+        return proto is None or proto.finished(rec)
 
     def expire(self, now_ns: int) -> None:
         """Children whose parent never came: out as roots."""
@@ -230,8 +241,10 @@ class Tracker:
     def _remember_parent(self, key: tuple[int, int], ctx: TraceContext) -> None:
         parents = self._parents
         parents[key] = ctx
-        if len(parents) > RECENT_PARENTS:
-            del parents[next(iter(parents))]
+        if len(parents) >= 2 * RECENT_PARENTS:
+            # keep the newest half; deleting the oldest one by one makes a dict's iteration
+            # start skip ever more dead slots
+            self._parents = dict(list(parents.items())[RECENT_PARENTS:])
 
     def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext) -> None:
         assert c.protocol is not None

@@ -83,7 +83,7 @@ def test_kernel_state_layouts_match_the_object_btf() -> None:
     assert members["traceparent"] == EXCHANGE.size and members["data"] == EXCHANGE_DATA
     assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
     size, members = btf_struct("conn_state")
-    assert members["rec"] == CONN_STATE.size == 16 and members["phase"] == 0
+    assert members["rec"] == CONN_STATE.size == 24 and members["phase"] == 0 and members["tp_len"] == 16
     size, members = btf_struct("listen_key")
     assert size == _LISTEN_KEY.size and members == {"netns": 0, "port": 4, "_pad": 6}
 

@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end tests: a pod (PID namespace) and sidecars started in it."""
+"""Fixtures of the end-to-end tests: a pod (PID namespace) and sidecars started in it (as a
+process in the pod, or as a pipeline in a thread of the test)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .inprocess import InProcessSidecar
 from .pod import Pod, Sidecar
 
 
@@ -30,3 +32,11 @@ def start_sidecar(pod: Pod) -> Iterator[Callable[..., Sidecar]]:
     for s in started:
         if s.proc.poll() is None:
             s.stop()
+
+
+@pytest.fixture
+def in_process(pod: Pod) -> Iterator[list[InProcessSidecar]]:
+    started: list[InProcessSidecar] = []
+    yield started
+    for s in started:
+        s.stop()

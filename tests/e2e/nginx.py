@@ -26,20 +26,23 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         {tls}
         root {tmp}/www;
+        {locations}
     }}
 }}
 """
 
 
 def start_nginx(pod: Pod, port: int, files: dict[str, bytes] | None = None,
-                tls: tuple[Path, Path] | None = None) -> None:
-    """nginx serving `files` (name -> content) on 127.0.0.1:port; `tls` = (certificate, key)."""
+                tls: tuple[Path, Path] | None = None, locations: str = "") -> None:
+    """nginx serving `files` (name -> content, in subfolders too) on 127.0.0.1:port; `tls` =
+    (certificate, key); `locations`: more directives of the server block."""
     tmp = pod.tmp / "nginx"
     (tmp / "www").mkdir(parents=True)
     for name, content in (files or {}).items():
+        (tmp / "www" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "www" / name).write_bytes(content)
     ssl = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(CONF.format(tmp=tmp, port=port, ssl=" ssl" if tls else "", tls=ssl))
+    conf.write_text(CONF.format(tmp=tmp, port=port, ssl=" ssl" if tls else "", tls=ssl, locations=locations))
     pod.spawn(["nginx", "-c", str(conf)], inside=True)
     wait_port(port)  # for TLS a plain connect: a failed handshake, no request

@@ -67,9 +67,10 @@ class Pod:
         self._procs.append(proc)
         return proc
 
-    def run(self, argv: list[str], inside: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    def run(self, argv: list[str], inside: bool = True, timeout: float = 60,
+            input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:  # noqa: A002 (subprocess's name)
         return subprocess.run(self._nsenter(argv) if inside else argv, cwd=ROOT, check=True,
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, input=input)
 
     @staticmethod
     def payload_pid(proc: subprocess.Popen[bytes]) -> int:

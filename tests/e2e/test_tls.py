@@ -8,18 +8,14 @@ import collections
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from beyla_sidecar.config import Config, load
-from beyla_sidecar.pipeline import Pipeline
-
 from ..kernel import bpf_map_entries
+from .inprocess import InProcessSidecar, wait_for
 from .nginx import start_nginx
 from .pod import APPS, Pod, free_port
 
@@ -177,31 +173,6 @@ def test_statically_linked_openssl(pod: Pod, start_sidecar, cert, tmp_path: Path
     assert "OpenSSL probes attached" in sidecar.err.read_text() and str(client) in sidecar.err.read_text()
 
 
-class InProcessSidecar:
-    """The pipeline in a thread of the test, watching the pod from outside (its namespace by
-    inode): its state can be inspected directly."""
-
-    def __init__(self, pod: Pod, **env: str) -> None:
-        cfg = load(Config, {"BEYLA_PID_NAMESPACE": str(pod.ns_inode), "BEYLA_TRACE_PRINTER": "disabled", **env})
-        self.pipeline = Pipeline(cfg)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.pipeline.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-        assert self.pipeline.ready.wait(30)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
-@pytest.fixture
-def in_process(pod: Pod) -> Iterator[list[InProcessSidecar]]:
-    started: list[InProcessSidecar] = []
-    yield started
-    for s in started:
-        s.stop()
-
-
 def pod_pids(pod: Pod) -> set[int]:
     out = set()
     for p in psutil.pids():
@@ -211,13 +182,6 @@ def pod_pids(pod: Pod) -> set[int]:
         except OSError:
             pass
     return out
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_thousand_short_lived_processes_leave_nothing_behind(pod: Pod, in_process, cert) -> None:

@@ -1,15 +1,19 @@
-"""HTTP metrics aggregation: attributes, buckets, cardinality limit, OTel data model."""
+"""Metrics aggregation: HTTP's attributes and buckets, a second protocol's instruments,
+cardinality limit, OTel data model."""
 
 from __future__ import annotations
 
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
-from beyla_sidecar.bpf.events import ConnTuple
+from beyla_sidecar.bpf.events import ConnTuple, ExchangeRecord
 from beyla_sidecar.export import metrics as metrics_mod
-from beyla_sidecar.export.metrics import DURATION_BOUNDS, Metrics, to_metrics_data
-from beyla_sidecar.protocols.base import SpanDescription, SpanKind
+from beyla_sidecar.export.metrics import Metrics, to_metrics_data
+from beyla_sidecar.export.prometheus import exposition
+from beyla_sidecar.protocols import all_protocols
+from beyla_sidecar.protocols.base import Message, Parsed, Protocol, SpanDescription, SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
+from beyla_sidecar.protocols.instruments import DURATION_BOUNDS, Instrument, InstrumentSet, Measurement
 from beyla_sidecar.tracker.context import TraceContext
 from beyla_sidecar.tracker.exchange import Exchange
 
@@ -25,6 +29,40 @@ def exchange(kind: SpanKind = SpanKind.SERVER, status: int | None = 200, path: s
     return Exchange(HTTP1(), kind, req, resp, TraceContext(1, 2, 0, False), 10, 11, 10, CONN)
 
 
+PING_METRICS = InstrumentSet((Instrument("ping.client.duration", "s", "Duration of pings.", DURATION_BOUNDS),),
+                             ("ping.target",))
+
+
+class Ping(Protocol):
+    """A second protocol, defined here only: `PING <target>` answered by `PONG`; clients time it."""
+
+    name = "ping"
+
+    def detect(self, request: bytes, response: bytes) -> bool:
+        return request.startswith(b"PING ")
+
+    def parse(self, rec: ExchangeRecord) -> Parsed | None:
+        return None
+
+    def describe(self, request: Message, response: Message | None, kind: SpanKind,
+                 with_query: bool, *, route: str | None = None, tls: bool = False) -> SpanDescription:
+        return SpanDescription("PING", {"ping.target": "db-1"})
+
+    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
+        return PING_METRICS if kind is SpanKind.CLIENT else None
+
+    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
+                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement | None:
+        if kind is not SpanKind.CLIENT or response is None:
+            return None
+        return PING_METRICS, (desc.attributes["ping.target"],), ((response.end_ns - request.start_ns) / 1e9,)
+
+
+def ping(kind: SpanKind = SpanKind.CLIENT) -> Exchange:
+    req, resp = Message(True, 1_000, 2_000, 5), Message(False, 3_000, 30_001_000, 5)
+    return Exchange(Ping(), kind, req, resp, TraceContext(1, 2, 0, False), 10, 11, 10, CONN)
+
+
 def record(sm, ex: Exchange, route: str | None = "/users/{id}") -> None:
     sm.record(ex, ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route), route)
 
@@ -35,7 +73,7 @@ def points(metrics: Metrics, name: str) -> list:
 
 
 def test_server_attributes_and_buckets() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", RESOURCE)
     for _ in range(3):
         record(sm, exchange(duration_ns=20_000_000))  # 0.02 s: bucket le=0.025
@@ -53,7 +91,7 @@ def test_server_attributes_and_buckets() -> None:
 
 
 def test_client_attributes_and_no_response() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", RESOURCE)
     record(sm, exchange(SpanKind.CLIENT, status=404))
     record(sm, exchange(SpanKind.CLIENT, status=None))  # connection closed before a response
@@ -69,25 +107,46 @@ def test_client_attributes_and_no_response() -> None:
 
 
 def test_extra_attributes_are_opt_in() -> None:
-    m = Metrics(("url.path", "client.address"))
+    m = Metrics(all_protocols(), ("url.path", "client.address"))
     record(m.service("shop", RESOURCE), exchange(path="/users/7"))
     [p] = points(m, "http.server.request.duration")
     assert p.attributes["url.path"] == "/users/7" and p.attributes["client.address"] == "10.0.0.2"
-    plain = Metrics()
+    plain = Metrics(all_protocols())
     record(plain.service("shop", RESOURCE), exchange())
     assert "url.path" not in points(plain, "http.server.request.duration")[0].attributes
 
 
-def test_non_http_descriptions_are_ignored() -> None:
-    m = Metrics()
-    ex = exchange()
-    m.service("shop", RESOURCE).record(ex, SpanDescription("SET", {"db.system": "redis"}), None)
+def test_exchanges_their_protocol_does_not_measure_are_ignored() -> None:
+    m = Metrics((*all_protocols(), Ping()))
+    record(m.service("shop", RESOURCE), ping(SpanKind.SERVER), route=None)
     assert m.snapshot()[0].instruments == []
+
+
+def test_a_new_protocol_needs_no_change_to_the_exporters() -> None:
+    m = Metrics((*all_protocols(), Ping()))
+    sm = m.service("shop", RESOURCE)
+    record(sm, ping(), route=None)
+    record(sm, exchange())
+    record(sm, ping(), route=None)
+    [p] = points(m, "ping.client.duration")
+    assert p.attributes == {"ping.target": "db-1"}
+    assert p.buckets.count == 2 and p.buckets.counts[DURATION_BOUNDS.index(0.05)] == 2
+    labels = 'service_name="shop",k8s_pod_name="shop-1",ping_target="db-1"'
+    text = exposition(m.snapshot(), [])
+    assert "# HELP ping_client_duration_seconds Duration of pings." in text
+    assert f'ping_client_duration_seconds_bucket{{{labels},le="0.05"}} 2' in text
+    assert f"ping_client_duration_seconds_count{{{labels}}} 2" in text
+    [rm] = to_metrics_data(m.snapshot(), now_ns=5).resource_metrics
+    metrics = {metric.name: metric for metric in rm.scope_metrics[0].metrics}
+    assert list(metrics) == ["http.server.request.duration", "http.server.request.body.size",
+                             "http.server.response.body.size", "ping.client.duration"]
+    [dp] = metrics["ping.client.duration"].data.data_points
+    assert dp.attributes == {"ping.target": "db-1"} and dp.count == 2 and metrics["ping.client.duration"].unit == "s"
 
 
 def test_cardinality_limit_overflows_into_one_series(monkeypatch) -> None:
     monkeypatch.setattr(metrics_mod, "MAX_SERIES", 5)
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", RESOURCE)
     for i in range(20):
         record(sm, exchange(), route=f"/r{i}")
@@ -99,7 +158,7 @@ def test_cardinality_limit_overflows_into_one_series(monkeypatch) -> None:
 
 
 def test_services_are_separate_and_reused() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     a = m.service("a", Resource({"service.name": "a"}))
     assert m.service("a", Resource({"service.name": "other"})) is a
     m.service("b", Resource({"service.name": "b"}))
@@ -107,7 +166,7 @@ def test_services_are_separate_and_reused() -> None:
 
 
 def test_to_metrics_data_is_cumulative_with_resource() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     record(m.service("shop", RESOURCE), exchange())
     m.service("idle", Resource({"service.name": "idle"}))  # nothing recorded: left out
     data = to_metrics_data(m.snapshot(), now_ns=5)
@@ -125,7 +184,7 @@ def test_to_metrics_data_is_cumulative_with_resource() -> None:
 
 
 def test_snapshot_is_a_copy() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", RESOURCE)
     record(sm, exchange())
     before = m.snapshot()

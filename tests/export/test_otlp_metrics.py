@@ -8,6 +8,7 @@ from opentelemetry.sdk.resources import Resource
 
 from beyla_sidecar.export.metrics import Metrics, to_metrics_data
 from beyla_sidecar.export.otlp_metrics import MetricPush
+from beyla_sidecar.protocols import all_protocols
 
 from ..e2e.otlp_metrics_receiver import MetricsReceiver
 from ..e2e.pod import free_port
@@ -25,7 +26,7 @@ def wait(predicate, timeout: float = 15.0) -> bool:
 
 
 def test_push_fails_while_down_then_delivers_everything() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", Resource({"service.name": "shop"}))
     port = free_port()
     push = MetricPush(lambda: to_metrics_data(m.snapshot()), interval=0.2, timeout=0.5,
@@ -51,7 +52,7 @@ def test_push_fails_while_down_then_delivers_everything() -> None:
 
 
 def test_final_export_on_stop() -> None:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", Resource({"service.name": "shop"}))
     with MetricsReceiver() as receiver:
         push = MetricPush(lambda: to_metrics_data(m.snapshot()), interval=3600, timeout=5,

@@ -46,6 +46,15 @@ def test_text_printer_lines() -> None:
     assert " SERVER GET /users/{id} 200 0.004ms shop[17] " in lines[1]
 
 
+def test_text_printer_status_is_what_the_protocol_describes() -> None:
+    out = io.StringIO()
+    grpc = SpanDescription("shop.Cart/Add", {"rpc.grpc.status_code": 14}, error_type="UNAVAILABLE")
+    incomplete = SpanDescription("GET", {"http.request.method": "GET"}, error_type="incomplete")
+    redis = SpanDescription("SET", {"db.system.name": "redis"})
+    assert PrintSink("text", out).export([item(SpanKind.CLIENT, d) for d in (grpc, incomplete, redis)])
+    assert [line.split()[3] for line in out.getvalue().splitlines()] == ["14", "incomplete", "-"]
+
+
 def test_closed_output_is_a_failed_export() -> None:
     out = io.StringIO()
     out.close()

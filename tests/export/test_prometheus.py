@@ -22,6 +22,7 @@ from beyla_sidecar.export.prometheus import (
     render,
     sanitize,
 )
+from beyla_sidecar.protocols import all_protocols
 
 from .test_metrics import exchange, record
 
@@ -30,7 +31,7 @@ RESOURCE = Resource({"service.name": "shop", "service.namespace": "prod", "k8s.p
 
 
 def page() -> str:
-    m = Metrics()
+    m = Metrics(all_protocols())
     sm = m.service("shop", RESOURCE)
     record(sm, exchange(duration_ns=20_000_000))
     record(sm, exchange(duration_ns=300_000_000))

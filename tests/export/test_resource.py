@@ -36,7 +36,9 @@ def test_resource_attributes() -> None:
     attrs = dict(ResourceFactory(cfg).create(42, proc()).attributes)
     assert attrs["service.name"] == "nginx" and attrs["service.version"] == "1.2.3"
     assert attrs["process.pid"] == 42 and attrs["process.executable.name"] == "nginx"
-    assert attrs["process.command_line"] == "nginx -g daemon off;"
+    assert "process.command_line" not in attrs  # command lines carry secrets: opt-in only
+    with_cmd = load(Config, {"BEYLA_INCLUDE_COMMAND_LINE": "true"})
+    assert ResourceFactory(with_cmd).create(42, proc()).attributes["process.command_line"] == "nginx -g daemon off;"
     assert attrs["k8s.pod.name"] == "web-1" and attrs["k8s.namespace.name"] == "shop"
     assert attrs["k8s.pod.uid"] == "u-1" and attrs["k8s.node.name"] == "node-a"
     assert attrs["k8s.container.name"] == "web" and attrs["k8s.statefulset.name"] == "web"

@@ -6,10 +6,15 @@ import random
 
 import pytest
 
-from beyla_sidecar.bpf.events import FLAG_TLS, FLAG_TRACEPARENT, TRACEPARENT_CAPTURE, End, ExchangeRecord, Role
+from beyla_sidecar.bpf.events import (
+    FLAG_TLS, FLAG_TRACEPARENT, TRACEPARENT_CAPTURE, ConnTuple, End, ExchangeRecord, Role,
+)
 from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import Parsed, SpanKind
-from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse, parse_request, parse_response, span_name
+from beyla_sidecar.protocols.http1 import (
+    CLIENT_METRICS, HTTP1, SERVER_METRICS, HttpRequest, HttpResponse, parse_request, parse_response, span_name,
+)
+from beyla_sidecar.protocols.instruments import DURATION_BOUNDS, SIZE_BOUNDS, Measurement
 
 REQ_PREFIX = 256  # BEYLA_REQUEST_CAPTURE_SIZE default
 RESP_PREFIX = 256  # BEYLA_RESPONSE_CAPTURE_SIZE default
@@ -517,3 +522,55 @@ def test_describe_unknown_method() -> None:
     assert span_name("GET", None) == "GET"
     assert span_name("PROPFIND", None) == "HTTP"
     assert HTTP1().path(rq) == "/dav/"
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+CONN = ConnTuple("10.0.0.1", 8080, "10.0.0.2", 40000)
+POST = b"POST /users/7 HTTP/1.1\r\nHost: api.local:81\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def measure(request: bytes, response: bytes | None, kind: SpanKind, route: str | None = "/users/{id}",
+            extra: frozenset[str] = frozenset()) -> Measurement:
+    rq, rs = _pair(request, response)
+    desc = HTTP1().describe(rq, rs, kind, False, route=route)
+    m = HTTP1().measure(rq, rs, kind, CONN, desc, route, extra)
+    assert m is not None
+    return m
+
+
+def test_metric_instruments() -> None:
+    http = HTTP1()
+    assert http.instruments(SpanKind.SERVER) is SERVER_METRICS and http.instruments(SpanKind.CLIENT) is CLIENT_METRICS
+    for side, metrics in (("server", SERVER_METRICS), ("client", CLIENT_METRICS)):
+        assert [(i.name, i.unit, i.description, i.bounds) for i in metrics.instruments] == [
+            (f"http.{side}.request.duration", "s", f"Duration of HTTP {side} requests.", DURATION_BOUNDS),
+            (f"http.{side}.request.body.size", "By", f"Size of HTTP {side} request bodies.", SIZE_BOUNDS),
+            (f"http.{side}.response.body.size", "By", f"Size of HTTP {side} response bodies.", SIZE_BOUNDS),
+        ]
+    assert SERVER_METRICS.attributes == ("http.request.method", "http.response.status_code", "http.route",
+                                         "error.type", "url.path", "client.address")
+    assert CLIENT_METRICS.attributes == ("http.request.method", "http.response.status_code", "http.route",
+                                         "error.type", "server.address", "server.port", "url.path")
+
+
+def test_measure_server_exchange() -> None:
+    duration = (RESP_END - REQ_START) / 1e9
+    assert measure(POST, OK, SpanKind.SERVER) == (
+        SERVER_METRICS, ("POST", 200, "/users/{id}", None, None, None), (duration, 3, 5))
+    error = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+    assert measure(GET, error, SpanKind.SERVER, route=None)[1] == ("GET", 500, None, "500", None, None)
+    # url.path and client.address (the peer) only on opt-in: both are unbounded
+    opted = measure(POST, OK, SpanKind.SERVER, extra=frozenset(("url.path", "client.address")))
+    assert opted[1] == ("POST", 200, "/users/{id}", None, "/users/7", "10.0.0.2")
+
+
+def test_measure_client_exchange() -> None:
+    duration = (RESP_END - REQ_START) / 1e9
+    assert measure(POST, OK, SpanKind.CLIENT) == (
+        CLIENT_METRICS, ("POST", 200, "/users/{id}", None, "api.local", 40000, None), (duration, 3, 5))
+    # no Host header: the server is the connection's remote end; no response: no response size
+    no_host = b"GET /users/7 HTTP/1.1\r\n\r\n"
+    assert measure(no_host, None, SpanKind.CLIENT, extra=frozenset(("url.path", "client.address"))) == (
+        CLIENT_METRICS, ("GET", None, "/users/{id}", "incomplete", "10.0.0.2", 40000, "/users/7"),
+        ((REQ_END - REQ_START) / 1e9, 0, None))

@@ -175,12 +175,12 @@ def test_parents_remembered_are_bounded() -> None:
     r = Recorder()
     r.open(1)
     r.open(2, Role.CLIENT, CLIENT_TUPLE)
-    for i in range(RECENT_PARENTS + 1):
+    for i in range(2 * RECENT_PARENTS):  # at twice the bound the oldest half is forgotten
         r.exchange(1, 1000 + i)
-    r.exchange(2, 1_000_000, role=Role.CLIENT, parent=(1, 1000))  # the oldest was forgotten
-    r.exchange(2, 1_000_100, role=Role.CLIENT, parent=(1, 1001))
-    assert len(r.out) == RECENT_PARENTS + 2 and r.tracker.waiting == 1
-    assert child_of(r.out[-1].context, r.out[1].context)
+    r.exchange(2, 10_000_000, role=Role.CLIENT, parent=(1, 1000 + RECENT_PARENTS - 1))  # forgotten
+    r.exchange(2, 10_000_100, role=Role.CLIENT, parent=(1, 1000 + RECENT_PARENTS))  # the oldest kept
+    assert len(r.out) == 2 * RECENT_PARENTS + 1 and r.tracker.waiting == 1
+    assert child_of(r.out[-1].context, r.out[RECENT_PARENTS].context)
 
 
 def test_sampler_decides_roots_and_children_follow_their_parent() -> None:
@@ -207,6 +207,32 @@ def test_sweep_then_the_kernels_record_is_one_exchange() -> None:
     assert (swept.start_ns, nxt.start_ns) == (1000, 2000)
     s = r.tracker.stats
     assert (s.duplicates, s.exchanges, s.records) == (1, 2, 2)
+
+
+def test_sweep_leaves_a_response_short_of_its_declared_length() -> None:
+    r = Recorder()
+    r.open(1)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    paused = exchange(1, 1000, response=head + b"x" * 10, end=End.SWEEP)._replace(resp_bytes=len(head) + 400)
+    r.tracker.sweep([paused])  # a pause in the middle of the body: not finished
+    assert r.out == []
+    r.tracker.sweep([paused._replace(resp_bytes=len(head) + 1000)])  # all of it, then quiet
+    assert [ex.response.size for ex in r.out] == [1000]
+    r.tracker.sweep([exchange(2, 1000, response=head, end=End.SWEEP)], finished_only=False)  # shutdown: all
+    assert len(r.out) == 2
+
+
+@pytest.mark.parametrize("request_, response", [
+    (b"HEAD /a HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+    (REQ, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n"),
+    (REQ, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n"),
+    (b"\x00\x01binary", b"\x02"),
+])
+def test_sweep_ends_what_has_no_known_length(request_: bytes, response: bytes) -> None:
+    r = Recorder()
+    r.open(1)
+    r.tracker.sweep([exchange(1, 1000, request_, response, end=End.SWEEP)])
+    assert r.tracker.stats.records == 1
 
 
 def test_sweep_of_a_connection_without_conn_open() -> None:

@@ -1,0 +1,44 @@
+"""Metric instruments, as a protocol declares them, and what one exchange records in them.
+
+A protocol declares, per span kind, an `InstrumentSet`: histograms that always share one
+attribute set (HTTP's duration and body sizes do, as would gRPC's or a database's). For each
+exchange it returns a `Measurement`: the attribute values in the order the set names them,
+and one value per instrument. export/metrics.py aggregates measurements knowing no protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Seconds: the OTel semantic conventions' boundaries for HTTP request durations, a fit for most requests.
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Sizes in bytes (the conventions give none): powers of two up to 1 MiB.
+SIZE_BOUNDS = (0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+               16384.0, 65536.0, 262144.0, 1048576.0)
+
+AttributeValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """One explicit-bucket histogram (OTel name, UCUM unit, ascending bucket bounds)."""
+
+    name: str
+    unit: str
+    description: str
+    bounds: tuple[float, ...]
+
+
+# eq=False: a set is hashed by identity, the cheapest dict key for the per-exchange lookup.
+@dataclass(frozen=True, slots=True, eq=False)
+class InstrumentSet:
+    """Histograms recorded together, with the names of their attributes."""
+
+    instruments: tuple[Instrument, ...]
+    attributes: tuple[str, ...]
+
+
+# What one exchange records: (one of its protocol's sets, the attribute values in the order the
+# set names them with None for an absent one, one value per instrument with None for none).
+# A plain tuple: building a NamedTuple is one more Python call per exchange.
+Measurement = tuple[InstrumentSet, tuple[AttributeValue | None, ...], tuple[float | None, ...]]
