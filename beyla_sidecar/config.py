@@ -176,7 +176,8 @@ class Config:
         "Ring buffer size in bytes (a power of two, multiple of the page size).", _positive_int)
     poll_interval: float = _env(
         "BEYLA_POLL_INTERVAL_MS", "10",
-        "How often the ring buffer is drained; probes submit without wake-ups.", _duration_ms)
+        "How often the ring buffer is drained while records come (an idle pod backs off to 100 ms); "
+        "probes submit without wake-ups.", _duration_ms)
     trace_printer: str = _env(
         "BEYLA_TRACE_PRINTER", "",
         "Print spans to stdout: `text` (one line each), `json` (one object per line) or "

@@ -40,6 +40,9 @@ HOUSEKEEPING_SECONDS = 5.0
 # SWEEP_SECONDS: a span is out within about a second of its last byte.
 SWEEP_SECONDS = 0.25
 IDLE_NS = 500_000_000
+# Longest wait between two drains while the ring stays empty (BEYLA_POLL_INTERVAL_MS applies as
+# soon as records come; the probes wake the reader themselves when the ring fills a quarter).
+IDLE_POLL_MS = 100
 # A process's sockets close after its exit event: its state goes with its last connection,
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
@@ -267,8 +270,12 @@ class Pipeline:
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 next_counters = 0.0
                 next_sweep = time.monotonic() + SWEEP_SECONDS
+                wait_ms = timeout_ms
                 while not stop.is_set():
-                    probes.poll(timeout_ms, self.on_record)
+                    # an idle pod backs off to IDLE_POLL_MS: ten idle sidecars on a node would
+                    # otherwise wake 1 000 times a second between them
+                    got = probes.poll(wait_ms, self.on_record)
+                    wait_ms = timeout_ms if got else min(IDLE_POLL_MS, wait_ms * 2)
                     self.discovery.flush()
                     now = time.monotonic()
                     if self._exited:
