@@ -11,7 +11,7 @@
  *               per exchange
  *   tls.h       OpenSSL uprobes: plaintext into the same exchanges
  *   sockdata.h  sock_send_length/sock_recv_length (data), tcp_destroy_sock (close)
- *   process.h   exec, fork, exit, executable mmaps for discover/
+ *   process.h   exec, fork, exit for discover/
  *
  * Program names start with "beyla_" and are listed in beyla_sidecar/bpf/strategy.py.
  */

@@ -19,8 +19,7 @@ enum event_type {
 	EVENT_PROCESS_EXEC = 4,   /* execve() succeeded: new executable */
 	EVENT_PROCESS_FORK = 5,   /* a new process (not a thread) was forked */
 	EVENT_PROCESS_EXIT = 6,   /* the last thread of a process exited */
-	EVENT_PROCESS_MMAP = 7,   /* a file was mapped executable: maybe a library to probe */
-	EVENT_PROCESS_LISTEN = 8, /* a TCP socket of the process started listening */
+	EVENT_PROCESS_LISTEN = 7, /* a TCP socket of the process started listening */
 };
 
 enum record_flags {

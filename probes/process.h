@@ -1,11 +1,10 @@
-/* Process lifecycle for discover/: exec, fork, exit, and executable file mappings (the
- * dynamic loader loading a library, also at dlopen), which may be TLS libraries to probe. */
+/* Process lifecycle for discover/: exec, fork, exit. No syscall tracepoint: enabling any
+ * sends every syscall of the node through the tracing slow path; discover/ reads new
+ * mappings (TLS libraries to probe) from /proc after exec and on its periodic sweep. */
 #ifndef __BEYLA_PROCESS_H
 #define __BEYLA_PROCESS_H
 
 #include "tls.h"
-
-#define PROT_EXEC 4
 
 /* The selection is user space's decision for the new executable: until it is made, the
  * process reports nothing. */
@@ -81,21 +80,6 @@ int beyla_task_exit(void *ctx)
 		bpf_map_delete_elem(&allowed_pids, &tgid);
 	}
 	task_event(EVENT_PROCESS_EXIT, &cur);
-	return 0;
-}
-
-/* The dynamic loader maps a library's code with PROT_EXEC from an fd (also at dlopen()
- * long after exec). The one generic syscall hook left: no other hook sees new mappings
- * on this kernel (README, Performance: what it costs the node). */
-SEC("tp/syscalls/sys_enter_mmap")
-int beyla_mmap_e(struct trace_event_raw_sys_enter *ctx)
-{
-	struct cur_task cur;
-
-	if (!(ctx->args[2] & PROT_EXEC) || (__s32)ctx->args[4] < 0)
-		return 0;
-	if (current_filtered(&cur))
-		task_event(EVENT_PROCESS_MMAP, &cur);
 	return 0;
 }
 

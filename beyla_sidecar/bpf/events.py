@@ -37,12 +37,11 @@ class EventType(IntEnum):
     PROCESS_EXEC = 4
     PROCESS_FORK = 5
     PROCESS_EXIT = 6
-    PROCESS_MMAP = 7  # a file mapped executable: maybe a library to probe
-    PROCESS_LISTEN = 8
+    PROCESS_LISTEN = 7
 
 
 PROCESS_EVENTS = frozenset((EventType.PROCESS_EXEC, EventType.PROCESS_FORK, EventType.PROCESS_EXIT,
-                            EventType.PROCESS_MMAP, EventType.PROCESS_LISTEN))
+                            EventType.PROCESS_LISTEN))
 FLAG_TLS = 1
 FLAG_TRACEPARENT = 2
 FLAG_TRUNCATED = 4
@@ -198,7 +197,7 @@ class Decoder:
             return None
         (etype, role, flags, pid, tid, ns_pid, ns_tid, ts, sock_id, saddr, daddr, sport, dport, family,
          comm) = CONN_EVENT.unpack_from(record)
-        if not 2 <= etype <= 8 or role > 2:
+        if not 2 <= etype <= 7 or role > 2:
             return None
         return Event(
             _TYPES[etype], ts, sock_id, pid, tid, ns_pid, ns_tid, _ROLES[role],  # type: ignore[arg-type]

@@ -42,7 +42,6 @@ class KernelFeatures:
     kernel_release: str
     btf: bool                      # /sys/kernel/btf/vmlinux readable
     tracefs: str | None            # directory libbpf resolves tracepoints in, if mounted
-    syscall_tracepoints: bool      # tracefs has events/syscalls (CONFIG_FTRACE_SYSCALLS)
     missing_btf_tracepoints: tuple[str, ...]  # tp_btf targets our strategies need but BTF lacks
     kprobes: bool                  # perf "kprobe" PMU or tracefs kprobe_events exists
     uprobes: bool                  # perf "uprobe" PMU or tracefs uprobe_events exists
@@ -68,7 +67,6 @@ class KernelFeatures:
             ("bpf() allowed", yes[self.bpf_allowed]),
             ("ring buffer", yes[self.ringbuf]),
             ("tracefs", self.tracefs or "not mounted"),
-            ("syscall tracepoints", yes[self.syscall_tracepoints]),
             ("BTF tracepoints", "missing " + ", ".join(self.missing_btf_tracepoints)
              if self.missing_btf_tracepoints else "all present"),
             ("kprobes", yes[self.kprobes]),
@@ -119,7 +117,7 @@ def _fentry(btf_id: int | None, bpf_allowed: bool) -> tuple[bool, str | None]:
 def usable(strategy: Strategy, f: KernelFeatures) -> bool:
     return (f.btf and f.bpf_allowed and f.ringbuf
             and not set(strategy.btf_tracepoints) & set(f.missing_btf_tracepoints)
-            and (not strategy.needs_tracefs or (f.tracefs is not None and f.syscall_tracepoints))
+            and (not strategy.needs_tracefs or f.tracefs is not None)
             and (not strategy.needs_kprobes or f.kprobes)
             and (not strategy.needs_fentry or f.fentry))
 
@@ -155,8 +153,6 @@ def _problems(f: KernelFeatures) -> tuple[str, ...]:
         out.append("BPF ring buffer maps unsupported: Linux 5.8 or newer needed")
     if f.tracefs is None:
         out.append(FIX_TRACEFS)
-    elif not f.syscall_tracepoints:
-        out.append("no syscall tracepoints: kernel built without CONFIG_FTRACE_SYSCALLS")
     if f.missing_btf_tracepoints:
         out.append("kernel lacks tracepoints " + ", ".join(f.missing_btf_tracepoints)
                    + ": the tracepoint strategy needs Linux 6.4 or newer")
@@ -172,7 +168,6 @@ def probe_features() -> KernelFeatures:
     fentry_ok, fentry_error = _fentry(fentry_id, bpf_allowed)
     features = KernelFeatures(
         kernel_release=os.uname().release, btf=btf_ok, tracefs=str(tracefs) if tracefs else None,
-        syscall_tracepoints=bool(tracefs and os.path.isdir(tracefs / "events" / "syscalls")),
         missing_btf_tracepoints=missing, kprobes=_dynamic_probe("kprobe", tracefs),
         uprobes=_dynamic_probe("uprobe", tracefs), bpf_allowed=bpf_allowed,
         ringbuf=bpf_allowed and libbpf.map_type_supported(libbpf.BPF_MAP_TYPE_RINGBUF), fentry=fentry_ok, fentry_error=fentry_error,

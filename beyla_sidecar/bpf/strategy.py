@@ -30,7 +30,7 @@ TRACEPOINT = Strategy(
     name="tracepoint",
     programs=(
         "beyla_send_len", "beyla_recv_len", "beyla_destroy", "beyla_sk_state",
-        "beyla_exec", "beyla_fork", "beyla_task_exit", "beyla_mmap_e",
+        "beyla_exec", "beyla_fork", "beyla_task_exit",
     ),
     btf_tracepoints=("sock_send_length", "sock_recv_length", "tcp_destroy_sock",
                      "inet_sock_set_state", "sched_process_fork"),

@@ -1,7 +1,7 @@
 """The pod's processes as they come and go: selection, TLS libraries, uprobe attachments.
 
-Fed with the probes' lifecycle events (exec, fork, exit, executable mmap, listen) plus one
-/proc scan at start (and a cheap sweep for missed newcomers), it keeps, per process of the
+Fed with the probes' lifecycle events (exec, fork, exit, listen) plus one /proc scan at start
+(and a periodic sweep: newcomers missed, and new mappings of every process), it keeps, per process of the
 pod: whether it is selected (BEYLA_EXECUTABLE_NAME / BEYLA_OPEN_PORT) and which OpenSSL
 files it maps. Each OpenSSL file (device + inode) gets its uprobes once, for all processes
 (pid -1: a process forked or started later that maps the file is covered by the kernel
@@ -14,9 +14,11 @@ process running it again is then covered at once) until more than MAX_IDLE_FILES
 files exist, the least recently used going first. Selection reaches the kernel through
 allowed_pids, when some selector is set.
 
-Exec and fork events are looked at in the poll cycle they arrive in; an mmap event is sent
-on syscall entry, so it is looked at again one cycle later, when the mapping is certainly
-there.
+Exec and fork events are looked at in the poll cycle they arrive in and once more a cycle
+later, when the dynamic loader has mapped the libraries. There is no event for a later
+mapping (dlopen): the only hook for it would be a syscall tracepoint, which puts every
+syscall of the node on the tracing slow path. The sweep (every few seconds) reads the maps
+of every process again; the standard libssl of each container is attached ahead anyway.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Discovery:
         self._roots: set[FileId] = set()  # container roots whose libssl files were attached ahead
         self._reported: set[FileId] = set()  # executables whose unsupported TLS was logged
         self._due: set[int] = set()  # to inspect at the next flush
-        self._dirty: set[int] = set()  # to inspect at the flush after (mmaps, once more)
+        self._dirty: set[int] = set()  # to inspect at the flush after (exec/fork, once more)
 
     @property
     def instrumented_processes(self) -> int:
@@ -126,24 +128,25 @@ class Discovery:
             return
         if ev.type is EventType.PROCESS_EXEC and pid in self._procs:
             self._procs[pid].selected = False  # the probes dropped it from allowed_pids
-        if ev.type is EventType.PROCESS_MMAP:
-            self._dirty.add(pid)  # again next cycle, in case the mapping is not there yet
+        if ev.type is not EventType.PROCESS_LISTEN:
+            self._dirty.add(pid)  # again next cycle: the loader maps the libraries after exec
         self._due.add(pid)
 
     def flush(self) -> None:
         """Once per poll cycle: inspect the processes of this cycle's events (and those of
-        the previous cycle's mmaps)."""
+        the previous cycle's exec and fork, once more)."""
         due, self._due, self._dirty = self._due, self._dirty, set()
         for pid in due:
             self._inspect(pid)
 
     def sweep(self) -> None:
-        """Periodic safety net: processes we missed (events lost) or that vanished."""
+        """Periodic: processes we missed (events lost) or that vanished, and libraries
+        mapped since a process was last looked at (dlopen)."""
         present = _pids()
         for pid in self._procs.keys() - present:
             self.forget(pid)
         self._foreign &= present
-        for pid in present - self._procs.keys() - self._foreign:
+        for pid in present - self._foreign:
             self._inspect(pid)
 
     def forget(self, pid: int) -> None:
