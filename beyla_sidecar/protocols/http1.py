@@ -22,7 +22,9 @@ only on opt-in: both are unbounded).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..bpf.events import ConnTuple, ExchangeRecord
 from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
@@ -255,14 +257,18 @@ def _host_only(host: str) -> str:
 
 
 _MISSING = object()
+T = TypeVar("T")
 PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
 
 
-def _remember(cache: dict, key: bytes, value: object) -> object:
-    if len(cache) >= PARSE_CACHE:
-        cache.clear()
-    cache[key] = value
-    return value
+def _cached(cache: dict[bytes, T | None], key: bytes, parse: Callable[[bytes], T | None]) -> T | None:
+    """parse(key), remembered; the cache starts over when full."""
+    value = cache.get(key, _MISSING)
+    if value is _MISSING:
+        if len(cache) >= PARSE_CACHE:
+            cache.clear()
+        value = cache[key] = parse(key)
+    return value  # type: ignore[return-value]
 
 
 class HTTP1(Protocol):
@@ -280,21 +286,17 @@ class HTTP1(Protocol):
         return request.startswith(_METHOD_PREFIXES)
 
     def parse(self, rec: ExchangeRecord) -> Parsed | None:
-        fields = self._requests.get(rec.request, _MISSING)
-        if fields is _MISSING:
-            fields = _remember(self._requests, rec.request, request_fields(rec.request))
+        fields = _cached(self._requests, rec.request, request_fields)
         if fields is None:
             return None
-        request = parse_request(rec, fields)  # type: ignore[arg-type]
+        request = parse_request(rec, fields)
         assert request is not None
         response = None
         if rec.resp_start_ns:
-            rfields = self._responses.get(rec.response, _MISSING)
-            if rfields is _MISSING:
-                rfields = _remember(self._responses, rec.response, response_fields(rec.response))
+            rfields = _cached(self._responses, rec.response, response_fields)
             if rfields is None:
                 return None
-            response = parse_response(rec, rfields)  # type: ignore[arg-type]
+            response = parse_response(rec, rfields)
         # after a protocol switch or an accepted CONNECT the bytes are no longer HTTP
         ends = response is not None and (response.status_code == 101 or (
             request.method == "CONNECT" and 200 <= response.status_code < 300))
@@ -304,8 +306,8 @@ class HTTP1(Protocol):
         """Unfinished only when the response declares a length its bytes have not reached (a
         download paused by a rate limit or a slow reader). Chunked and close-delimited bodies
         cannot be told from a prefix: quiet means finished."""
-        request = request_fields(rec.request)
-        response = response_fields(rec.response)
+        request = _cached(self._requests, rec.request, request_fields)
+        response = _cached(self._responses, rec.response, response_fields)
         if request is None or response is None or request[0] == "HEAD":
             return True
         status, _, head = response
