@@ -18,6 +18,7 @@ from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecor
 from .bpf.loader import Probes
 from .config import Config
 from .discover.lifecycle import Discovery
+from .discover.maps import namespace_listening_ports
 from .discover.processes import ProcessTable
 from .discover.selection import Selector
 from .export import selfmetrics
@@ -50,23 +51,6 @@ KERNEL_COUNTERS_SECONDS = 1.0  # how fresh the scraped kernel loss counters are
 IGNORE_MODES = {"all": Drop.ALL, "metrics": Drop.METRICS, "traces": Drop.TRACES}
 
 log = structlog.get_logger()
-
-
-def listening_ports() -> tuple[int, list[int]]:
-    """Our network namespace (the pod's) and its listening TCP ports: servers that were
-    listening before the probes attached."""
-    ports = set()
-    for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        try:
-            with open(name) as table:
-                next(table, None)
-                for line in table:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            continue  # no IPv6 in this namespace
-    return os.stat("/proc/self/ns/net").st_ino, sorted(ports)
 
 
 def own_pid_namespace() -> int:
@@ -258,7 +242,8 @@ class Pipeline:
                         ringbuf_size=self.cfg.ringbuf_size, max_connections=self.cfg.max_connections,
                         strategy=self.cfg.attach_strategy, pid_namespace=self.target_ns,
                         filter_pids=self.discovery.selector.filters) as probes:
-                probes.add_listen_ports(*listening_ports())
+                # servers that were listening before the probes attached (our namespace is the pod's)
+                probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, namespace_listening_ports())
                 self.discovery.start(probes)
                 log.info("instrumentation ready", strategy=probes.strategy, pid_namespace=self.target_ns,
                          exporters=self.export.destinations, request_capture=self.cfg.request_capture_size,

@@ -193,6 +193,14 @@ static long scan_one_word(__u32 i, void *data)
 	return 0;
 }
 
+/* Bytes of the transfer readable at x->buf. */
+static __always_inline __u32 readable(const struct xfer *x, __u32 moved)
+{
+	if (!x->buf)
+		return 0;
+	return x->avail < moved ? x->avail : moved;
+}
+
 /* The head scan of a message whose first transfer was captured whole (all its readable
  * bytes: a writev's first iovec is often the head alone): when they end with an empty line,
  * the head ended in them and user space finds it in the prefix; else the scan is deferred
@@ -223,7 +231,7 @@ static __always_inline void scan_head(struct conn_state *st, const struct xfer *
 {
 	__u32 zero = 0;
 	struct scan_ctx c = { .st = st, .ubuf = x->buf, .head = head, .request = request };
-	__u64 ulen = x->buf ? (x->avail < moved ? x->avail : moved) : 0;
+	__u64 ulen = readable(x, moved);
 
 	if (st->scanning == SCAN_DEFERRED) {
 		if (at > REQ_CAPTURE_MAX)
@@ -255,14 +263,12 @@ static __always_inline void scan_head(struct conn_state *st, const struct xfer *
 /* A traceparent line cut by the end of the previous transfer: its rest starts this one. */
 static __always_inline void continue_traceparent(struct conn_state *st, const struct xfer *x, __u32 moved)
 {
-	__u32 have = st->tp_len, n = TRACEPARENT_CAPTURE - have;
+	__u32 have = st->tp_len, n = TRACEPARENT_CAPTURE - have, ready = readable(x, moved);
 
-	if (have >= TRACEPARENT_CAPTURE || !x->buf)
+	if (have >= TRACEPARENT_CAPTURE)
 		return;
-	if (n > moved)
-		n = moved;
-	if (n > x->avail)
-		n = x->avail;
+	if (n > ready)
+		n = ready;
 	/* the verifier only knows have <= TRACEPARENT_CAPTURE - 1 and n <= TRACEPARENT_CAPTURE: the
 	 * data[] that follows in the record keeps that bound inside the map value */
 	have &= 127;
@@ -272,27 +278,15 @@ static __always_inline void continue_traceparent(struct conn_state *st, const st
 		st->tp_len = have + n;
 }
 
-/* Bytes of the transfer readable at x->buf. */
-static __always_inline __u32 readable(const struct xfer *x, __u32 moved)
-{
-	if (!x->buf)
-		return 0;
-	return x->avail < moved ? x->avail : moved;
-}
-
 /* Copy up to `cap` (<= max, a constant) first bytes of the transfer to rec.data[at..]
  * (at <= REQ_CAPTURE_MAX); returns the count. */
 static __always_inline __u16 capture(struct conn_state *st, __u32 at, __u32 cap, __u32 max,
 				     const struct xfer *x, __u32 moved)
 {
-	__u32 len = cap;
+	__u32 len = readable(x, moved);
 
-	if (!x->buf)
-		return 0;
-	if (len > moved)
-		len = moved;
-	if (len > x->avail)
-		len = x->avail;
+	if (len > cap)
+		len = cap;
 	/* the knobs are only known at load time: these bounds let the verifier accept a
 	 * variable-size read at a variable offset of data[] */
 	if (at > REQ_CAPTURE_MAX)

@@ -1,7 +1,7 @@
 """Lifecycle of the probes: open the packaged object, set knobs, load the chosen
 strategy's programs, attach, fill the PID-namespace filter, drain the ring buffer, close.
 
-    with Probes(req_capture=256, resp_capture=64) as probes:
+    with Probes(req_capture=256, resp_capture=256) as probes:
         probes.allow_pid_namespace(pid_namespace_inode())
         while running:
             probes.poll(100, handle_record)

@@ -61,7 +61,7 @@ def mapped_file_id(path: str) -> FileId:
     return st.st_dev, st.st_ino
 
 
-def _listening_inodes(pid: int) -> dict[str, int]:
+def _listening_inodes(pid: int | str) -> dict[str, int]:
     """socket inode -> local port of the TCP sockets listening in pid's network namespace."""
     out: dict[str, int] = {}
     for table in ("tcp", "tcp6"):
@@ -75,6 +75,11 @@ def _listening_inodes(pid: int) -> dict[str, int]:
             if len(cols) > 9 and cols[3] == TCP_LISTEN:
                 out[cols[9]] = int(cols[1].rpartition(":")[2], 16)
     return out
+
+
+def namespace_listening_ports(pid: int | str = "self") -> set[int]:
+    """TCP ports listening in pid's network namespace, whoever holds the sockets."""
+    return set(_listening_inodes(pid).values())
 
 
 def listening_ports(pid: int) -> set[int]:

@@ -71,19 +71,17 @@ class HttpResponse(Message):
     version: str = ""
 
 
-def _head_end(b: bytes | bytearray, s: int, search_from: int) -> int:
-    """Index just past the empty line ending the head that starts at `s`, or -1.
-
-    The line ending of the start line decides CRLF or bare-LF framing.
-    """
-    nl = b.find(b"\n", s)
+def _head_end(b: bytes) -> int:
+    """Length of the head the prefix `b` starts with (just past its empty line); 0 when the
+    prefix does not hold its end. The start line's ending decides CRLF or bare-LF framing."""
+    nl = b.find(b"\n")
     if nl < 0:
-        return -1
-    if nl > s and b[nl - 1] == 13:
-        i = b.find(b"\r\n\r\n", max(nl - 1, search_from))
-        return i + 4 if i >= 0 else -1
-    i = b.find(b"\n\n", max(nl, search_from))
-    return i + 2 if i >= 0 else -1
+        return 0
+    if nl > 0 and b[nl - 1] == 13:
+        i = b.find(b"\r\n\r\n", nl - 1)
+        return i + 4 if i >= 0 else 0
+    i = b.find(b"\n\n", nl)
+    return i + 2 if i >= 0 else 0
 
 
 def _line_end(b: bytes | bytearray, s: int, nl: int) -> int:
@@ -181,8 +179,7 @@ def request_fields(b: bytes) -> RequestFields | None:
         return None
     method_b, target, version = parts
     method = method_b.decode("ascii")
-    end = _head_end(b, 0, 0)
-    head = end if end > 0 else 0
+    head = _head_end(b)
     low = b[:head or len(b)].lower()
     if method == "CONNECT" or (method == "OPTIONS" and target == b"*"):
         path, query, authority = target.decode("utf-8", "replace"), "", None
@@ -200,14 +197,13 @@ def response_fields(b: bytes) -> ResponseFields | None:
     parts = _status_line(b, 0, _first_line_end(b))
     if parts is None:
         return None
-    end = _head_end(b, 0, 0)
-    return parts[0], parts[1], end if end > 0 else 0
+    return parts[0], parts[1], _head_end(b)
 
 
-def content_length(b: bytes) -> int | None:
-    """Content-Length of the response head in prefix `b`, None when absent or not in the prefix."""
-    end = _head_end(b, 0, 0)
-    value = _header(b[:end if end > 0 else len(b)].lower(), b"\ncontent-length:")
+def content_length(b: bytes, head: int) -> int | None:
+    """Content-Length of the response head in prefix `b` (`head` bytes long, 0: longer than the
+    prefix), None when absent or not in the prefix."""
+    value = _header(b[:head or len(b)].lower(), b"\ncontent-length:")
     return int(value) if value is not None and value.isdigit() else None
 
 
@@ -310,9 +306,9 @@ class HTTP1(Protocol):
         response = _cached(self._responses, rec.response, response_fields)
         if request is None or response is None or request[0] == "HEAD":
             return True
-        status, _, head = response
-        head = rec.resp_head or head
-        length = content_length(rec.response)
+        status, _, prefix_head = response
+        head = rec.resp_head or prefix_head
+        length = content_length(rec.response, prefix_head)
         if not head or length is None or status < 200 or status in NO_BODY_STATUS:
             return True
         return rec.resp_bytes >= head + length

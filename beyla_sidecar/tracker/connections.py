@@ -126,8 +126,11 @@ class Tracker:
         c = self._conns.get(rec.sock_id)
         proto = c.protocol if c is not None else None
         if proto is None:  # its first exchange: not bound yet
-            proto = next((p for p in self._protocols if p.detect(rec.request, rec.response)), None)
+            proto = self._recognise(rec)
         return proto is None or proto.finished(rec)
+
+    def _recognise(self, rec: ExchangeRecord) -> Protocol | None:
+        return next((p for p in self._protocols if p.detect(rec.request, rec.response)), None)
 
     def expire(self, now_ns: int) -> None:
         """Children whose parent never came: out as roots."""
@@ -208,10 +211,9 @@ class Tracker:
         self._finish(c, rec, parsed, client_context(parent, self._sampler))
 
     def _detect(self, c: Connection, rec: ExchangeRecord) -> bool:
-        for proto in self._protocols:
-            if proto.detect(rec.request, rec.response):
-                c.protocol = proto
-                return True
+        c.protocol = self._recognise(rec)
+        if c.protocol is not None:
+            return True
         c.attempts += 1
         if c.attempts == 1:
             c.guess = guess_protocol(rec.request, rec.response)
