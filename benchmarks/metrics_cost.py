@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from beyla_sidecar.bpf.events import ConnTuple
-from beyla_sidecar.export.metrics import Metrics
+from beyla_sidecar.export.metrics import Metrics, ServiceMetrics
 from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
@@ -58,6 +58,14 @@ def main(n: int) -> None:
     cardinality()
 
 
+def record(service: ServiceMetrics, ex: Exchange, route: str | None) -> None:
+    """An exchange's metrics, described and keyed anew (the pipeline does that once per shape)."""
+    desc = ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route)
+    m = ex.protocol.metric_attributes(ex.kind, ex.conn, desc, route, service.extra)
+    if m is not None:
+        service.add(service.series(*m), ex.protocol.metric_values(ex.request, ex.response))
+
+
 def per_exchange(exs: list[Exchange], label: str) -> None:
     routes = Routes((), "auto", 200)
     service = Metrics(all_protocols()).service("bench", RESOURCE)
@@ -71,7 +79,7 @@ def per_exchange(exs: list[Exchange], label: str) -> None:
 
     def metrics(ex: Exchange) -> None:
         route = routes.route("bench", ex.protocol.path(ex.request))
-        service.record(ex, ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route), route)
+        record(service, ex, route)
 
     meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
     sdk = [meter.create_histogram(name) for name in ("d", "q", "r")]
@@ -101,7 +109,7 @@ def cardinality() -> None:
     for ex in exchanges(10_000):
         ex.request.path = f"/users/{ex.request.path.rsplit('/', 1)[1]}"  # type: ignore[attr-defined]
         route = routes2.route("bench", ex.protocol.path(ex.request))
-        svc.record(ex, ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route), route)
+        record(svc, ex, route)
     held = tracemalloc.get_traced_memory()[0] - before
     series = sum(len(p.points) for s in metrics2.snapshot() for p in s.instruments[:1])
     print(f"10 000 distinct ids -> {series} series per histogram; metrics + route state hold {held / 1024:.0f} KiB "

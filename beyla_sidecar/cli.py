@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import structlog
 
 from . import __version__
-from .config import Config, ConfigError, describe, load
+from .config import Config, ConfigError, WebhookConfig, describe, load
 from .log import configure
 from .signals import StopSignal
 
@@ -34,25 +35,36 @@ def cmd_check(cfg: Config) -> int:
 
     report = probe_features()
     print(report.render())
-    return 0 if report.ok else 1
+    # Any problem listed is something `run` cannot do here (e.g. HTTPS without uprobes).
+    return 0 if report.ok and not report.problems else 1
 
 
-def cmd_webhook() -> int:
-    from .config import WebhookConfig
+def cmd_webhook(cfg: WebhookConfig) -> int:
     from .kube.webhook import serve
 
-    return serve(load(WebhookConfig))
+    return serve(cfg)
 
 
 def cmd_config() -> int:
-    from .config import WebhookConfig
-
     for title, cls in (("Sidecar (`beyla-sidecar run`)", Config), ("Webhook (`beyla-sidecar webhook`)", WebhookConfig)):
         print(f"{title}:\n\n| Variable | Default | Description |\n|---|---|---|")
         for name, default, doc in describe(cls):
             print(f"| `{name}` | `{default}` | {doc} |" if default else f"| `{name}` | | {doc} |")
         print()
     return 0
+
+
+def dispatch(command: str) -> int:
+    if command == "config":
+        return cmd_config()
+    if command == "webhook":
+        # Its own settings only: the sidecar's are not its to judge (the chart sets OTEL_* to "" when unset).
+        webhook_cfg = load(WebhookConfig)
+        configure(webhook_cfg.log_level)
+        return cmd_webhook(webhook_cfg)
+    cfg = load(Config)
+    configure(cfg.log_level)
+    return cmd_run(cfg) if command == "run" else cmd_check(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,20 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("webhook", help="serve the mutating admission webhook")
     sub.add_parser("config", help="print the environment variables as a Markdown table")
     args = parser.parse_args(argv)
-    if args.command == "config":
-        return cmd_config()
     try:
-        cfg = load(Config)
-        configure(cfg.log_level)
-        if args.command == "run":
-            return cmd_run(cfg)
-        if args.command == "check":
-            return cmd_check(cfg)
-        return cmd_webhook()
+        code = dispatch(args.command)
+        sys.stdout.flush()  # here, where a reader that went away can still be handled
+        return code
     except ConfigError as exc:
         configure("info")
         log.error("invalid configuration", error=str(exc))
         return 2
+    except BrokenPipeError:
+        # `beyla-sidecar config | head`: the reader has what it wanted. stdout goes to /dev/null so
+        # that the interpreter's last flush does not fail again on its way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

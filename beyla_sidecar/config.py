@@ -7,11 +7,14 @@ names the variable and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(ValueError):
@@ -31,23 +34,47 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
 def _port(raw: str) -> int:
-    port = int(raw)
+    port = _int(raw)
     if not 0 <= port <= 65535:
         raise ValueError("expected a TCP port 0-65535 (0 disables)")
     return port
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value <= 0:
         raise ValueError("expected a positive integer")
     return value
 
 
+MAX_CONNECTIONS_LIMIT = 1 << 20  # 1.2 GiB of kernel memory; far more fails in the kernel (E2BIG)
+
+
+def _max_connections(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > MAX_CONNECTIONS_LIMIT:
+        raise ValueError(f"expected at most {MAX_CONNECTIONS_LIMIT}")
+    return value
+
+
 def _capture(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        value = _int(raw)
         if not low <= value <= high:
             raise ValueError(f"expected {low}..{high} bytes (the probes' compiled-in maximum)")
         return value
@@ -68,16 +95,156 @@ def _pid_namespace(raw: str) -> str | int:
     value = raw.strip().lower()
     if value in ("self", "host"):
         return value
-    if re.fullmatch(r"\d+", value) and int(value) > 0:
-        return int(value)
-    raise ValueError("expected 'self', 'host' or a PID-namespace inode number (see `stat -L -c %i /proc/<pid>/ns/pid`)")
+    inode = int(value) if re.fullmatch(r"[0-9]+", value) else 0
+    if not 0 < inode < 1 << 32:
+        raise ValueError("expected 'self', 'host' or a PID-namespace inode number "
+                         "(see `stat -L -c %i /proc/<pid>/ns/pid`)")
+    if inode not in _visible_pid_namespaces():
+        raise ValueError("no process visible here is in that PID namespace (its processes must be "
+                         "in this /proc: the sidecar's own, or the host's with hostPID)")
+    return inode
 
 
-def _duration_ms(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError("expected a positive number of milliseconds")
-    return value / 1000.0
+def _visible_pid_namespaces() -> set[int]:
+    inodes = set()
+    for link in Path("/proc").glob("[0-9]*/ns/pid"):
+        try:
+            inodes.add(link.stat().st_ino)
+        except OSError:  # exited meanwhile, or not ours to inspect
+            pass
+    return inodes
+
+
+def _milliseconds(high: int) -> Callable[[str], float]:
+    """Milliseconds above 0 and at most `high`, returned in seconds. The bounds also refuse nan
+    and inf, which would otherwise fail far from here (a thread's wait, an int conversion)."""
+    def parse(raw: str) -> float:
+        value = _float(raw)
+        if not 0 < value <= high:
+            raise ValueError(f"expected a number of milliseconds above 0 and at most {high}")
+        return value / 1000.0
+
+    return parse
+
+
+_duration_ms = _milliseconds(86_400_000)  # a day: longer is surely a mistake
+_poll_interval_ms = _milliseconds(1000)  # a stop signal waits up to one interval
+
+RINGBUF_MAX_BYTES = 1 << 30
+
+
+def _ringbuf_size(raw: str) -> int:
+    """A power of two of at least a page (the kernel's rule for BPF_MAP_TYPE_RINGBUF)."""
+    value = _int(raw)
+    page = os.sysconf("SC_PAGE_SIZE")
+    if not page <= value <= RINGBUF_MAX_BYTES or value & (value - 1):
+        raise ValueError(f"expected a power of two from {page} (the page size) to {RINGBUF_MAX_BYTES} (1 GiB)")
+    return value
+
+
+def _ipv4(raw: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(raw.strip()))
+    except ValueError:
+        raise ValueError("expected an IPv4 address: 0.0.0.0 (every interface) or one of this host's, "
+                         "e.g. 127.0.0.1") from None
+
+
+def _endpoint(raw: str) -> str:
+    """An OTLP/gRPC endpoint URL; empty: none."""
+    value = raw.strip()
+    if not value:
+        return ""
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("expected an http:// (plaintext) or https:// URL, e.g. http://otel-collector:4317")
+    if url.port == 0:  # reading .port also refuses one that is not a number or above 65535
+        raise ValueError("port 0 cannot be connected to")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError("a gRPC endpoint has no path (a path such as /v1/traces is OTLP/HTTP, not supported)")
+    return value
+
+
+# A header name or attribute key: printable ASCII but separators (RFC 7230 token, W3C Baggage key).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _pairs(raw: str, what: str) -> list[tuple[str, str]]:
+    """`k=v,k2=v2` as OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS are written (values
+    percent-encoded, returned as written); empty items are allowed, e.g. a trailing comma."""
+    out = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not _TOKEN.fullmatch(key.strip()):
+            raise ValueError(f"{item.strip()!r}: expected {what}=value pairs separated by commas, each "
+                             f"{what} without spaces, quotes or ()<>@,;:/[]?={{}}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def _resource_attributes(raw: str) -> str:
+    _pairs(raw, "key")
+    return raw
+
+
+def _otlp_headers(raw: str) -> str:
+    for name, value in _pairs(raw, "name"):
+        # The SDK silently drops a header whose value has one of these, and gRPC refuses
+        # metadata that is not printable ASCII.
+        decoded = unquote(value)
+        if re.search(r'[";\\]', value) or not (decoded.isascii() and decoded.isprintable()):
+            raise ValueError(f"the value of {name!r} must be printable ASCII, with \" ; \\ percent-encoded")
+    return raw
+
+
+def _pem(label: str, marker: str) -> Callable[[str], str]:
+    """A readable file with a PEM `-----BEGIN <marker>-----` block; empty: none."""
+    def parse(raw: str) -> str:
+        if not raw:
+            return raw
+        try:
+            data = Path(raw).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read it: {exc.strerror}") from None
+        if not re.search(rb"-----BEGIN " + marker.encode() + rb"-----", data):
+            raise ValueError(f"it holds no PEM {label}")
+        return raw
+
+    return parse
+
+
+def _sdk_seconds(raw: str) -> float:
+    value = _float(raw)
+    if not 0 < value <= 86_400:
+        raise ValueError("expected seconds (the OTel Python exporter's unit, not the spec's milliseconds) "
+                         "above 0 and at most 86400")
+    return value
+
+
+def _sdk_compression(raw: str) -> str:
+    if raw.strip().lower() != "gzip":
+        raise ValueError("expected gzip; for no compression leave it unset (the OTel Python exporter "
+                         "refuses `none` and an empty value)")
+    return "gzip"
+
+
+def _sdk_insecure(raw: str) -> bool:
+    if raw.lower() not in ("true", "false"):  # the SDK reads anything but `true` as false
+        raise ValueError("expected true or false")
+    return raw.lower() == "true"
+
+
+def _sdk_env(setting: str, default: str, doc: str, parse: Callable[[str], Any]) -> Any:
+    """OTEL_EXPORTER_OTLP_<setting>, which the OTel SDK's exporters read themselves, each preferring
+    its signal's form (OTEL_EXPORTER_OTLP_TRACES_<setting>, ..._METRICS_...). Every form that is set
+    is checked here, where the SDK would raise mid-start or quietly misread it; unset: None, the
+    SDK's default (`default`, shown in the table) applies."""
+    names = tuple(f"OTEL_EXPORTER_OTLP_{signal}{setting}" for signal in ("", "TRACES_", "METRICS_"))
+    doc += f" `{names[1]}` and `{names[2]}` set it for one signal."
+    return field(default=None, metadata={"env": names[0], "default": default, "doc": doc, "parse": parse,
+                                         "sdk_names": names})
 
 
 def _regex(raw: str) -> re.Pattern[str] | None:
@@ -166,18 +333,20 @@ class Config:
     max_connections: int = _env(
         "BEYLA_MAX_CONNECTIONS", "8192",
         "Connections the kernel tracks at once (least recently used ones are dropped beyond); "
-        "each costs about 1.2 KiB of kernel memory.", _positive_int)
+        "each costs about 1.2 KiB of kernel memory. At most 1048576.", _max_connections)
     attach_strategy: str = _env(
         "BEYLA_ATTACH", "auto",
         "Kernel hooks: `auto` picks the best the kernel offers, `tracepoint` forces "
         "tracepoints and tp_btf (work everywhere with BTF).", _choice("auto", "tracepoint"))
     ringbuf_size: int = _env(
         "BEYLA_RINGBUF_SIZE", "8388608",
-        "Ring buffer size in bytes (a power of two, multiple of the page size).", _positive_int)
+        "Ring buffer size in bytes: a power of two from the page size (usually 4096) to 1 GiB.", _ringbuf_size)
     poll_interval: float = _env(
-        "BEYLA_POLL_INTERVAL_MS", "10",
-        "How often the ring buffer is drained while records come (an idle pod backs off to 100 ms); "
-        "probes submit without wake-ups.", _duration_ms)
+        "BEYLA_POLL_INTERVAL_MS", "100",
+        "How often the ring buffer is drained, above 0 and at most 1000 (a lower value backs off to "
+        "100 ms while the pod is idle); probes submit without wake-ups until the ring is a quarter full. "
+        "Each drain costs about 0.3 ms of CPU whatever it finds, so fewer, larger batches are cheaper; "
+        "spans wait longer in the export batch anyway (OTEL_BSP_SCHEDULE_DELAY).", _poll_interval_ms)
     trace_printer: str = _env(
         "BEYLA_TRACE_PRINTER", "",
         "Print spans to stdout: `text` (one line each), `json` (one object per line) or "
@@ -186,7 +355,8 @@ class Config:
     service_name: str = _env(
         "BEYLA_SERVICE_NAME", "",
         "service.name for processes whose own environment has no OTEL_SERVICE_NAME "
-        "(default: the executable name).")
+        "(default: the pod's owner, else what an interpreter runs, `app` for `python app.py`, "
+        "else the executable name).")
     otel_service_name: str = _env(
         "OTEL_SERVICE_NAME", "", "Standard OTel variable; used after BEYLA_SERVICE_NAME.")
     service_namespace: str = _env("BEYLA_SERVICE_NAMESPACE", "", "service.namespace resource attribute.")
@@ -203,16 +373,46 @@ class Config:
         _choice("debug", "info", "warning", "error"))
     otlp_endpoint: str = _env(
         "OTEL_EXPORTER_OTLP_ENDPOINT", "",
-        "OTLP/gRPC collector, e.g. `http://otel-collector:4317`; enables OTLP export.")
+        "OTLP/gRPC collector, e.g. `http://otel-collector:4317` (`https://` for TLS); enables OTLP export.",
+        _endpoint)
     otlp_traces_endpoint: str = _env(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "",
-        "OTLP/gRPC endpoint for traces only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).")
+        "OTLP/gRPC endpoint for traces only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).", _endpoint)
     otlp_protocol: str = _env(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc",
         "OTLP transport; only `grpc` is supported.", _choice("grpc"))
+    # Read by the OTel SDK's exporter itself; declared here to be documented and checked.
+    otlp_timeout: float | None = _sdk_env(
+        "TIMEOUT", "10",
+        "Seconds one OTLP call may take (the OTel Python exporter's unit; the spec says milliseconds). "
+        "Spans: at most OTEL_BSP_EXPORT_TIMEOUT; metrics use OTEL_METRIC_EXPORT_TIMEOUT instead.",
+        _sdk_seconds)
+    otlp_compression: str | None = _sdk_env(
+        "COMPRESSION", "", "`gzip`, or unset for none.", _sdk_compression)
+    otlp_headers: str | None = _sdk_env(
+        "HEADERS", "",
+        "gRPC metadata sent with every export: `name=value,name2=value2`, values may be percent-encoded.",
+        _otlp_headers)
+    otlp_insecure: bool | None = _sdk_env(
+        "INSECURE", "",
+        "Unset, the endpoint's scheme decides (`http://` plaintext, `https://` TLS). `false` makes an "
+        "`http://` endpoint use TLS; `https://` is TLS whatever it says.", _sdk_insecure)
+    otlp_certificate: str | None = _sdk_env(
+        "CERTIFICATE", "",
+        "PEM file of the CA certificates that verify the collector (TLS); default: the system's.",
+        _pem("certificate", "CERTIFICATE"))
+    otlp_client_key: str | None = _sdk_env(
+        "CLIENT_KEY", "",
+        "PEM private key for mutual TLS; the SDK reads it only when OTEL_EXPORTER_OTLP_CERTIFICATE is set.",
+        _pem("private key", "(?:[A-Z]+ )?PRIVATE KEY"))
+    otlp_client_certificate: str | None = _sdk_env(
+        "CLIENT_CERTIFICATE", "",
+        "PEM certificate (chain) for mutual TLS, with OTEL_EXPORTER_OTLP_CLIENT_KEY.",
+        _pem("certificate", "CERTIFICATE"))
     resource_attributes: str = _env(
         "OTEL_RESOURCE_ATTRIBUTES", "",
-        "Extra resource attributes `k=v,k2=v2`, merged into every span's resource.")
+        "Extra resource attributes `k=v,k2=v2` (values may be percent-encoded), merged into every "
+        "span's resource.", _resource_attributes)
     # Kubernetes downward API (set by the webhook; by hand see examples/pod-manual.yaml).
     k8s_pod_name: str = _env("BEYLA_K8S_POD_NAME", "", "k8s.pod.name (fieldRef metadata.name).")
     k8s_namespace: str = _env("BEYLA_K8S_NAMESPACE", "", "k8s.namespace.name (fieldRef metadata.namespace).")
@@ -247,10 +447,11 @@ class Config:
         "Port of the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`); 0 disables it. "
         "`make run` uses 9400.", _port)
     prometheus_address: str = _env(
-        "BEYLA_PROMETHEUS_ADDRESS", "0.0.0.0", "Address the Prometheus endpoint listens on.")
+        "BEYLA_PROMETHEUS_ADDRESS", "0.0.0.0",
+        "IPv4 address the Prometheus endpoint listens on (0.0.0.0: every interface).", _ipv4)
     otlp_metrics_endpoint: str = _env(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "",
-        "OTLP/gRPC endpoint for metrics only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).")
+        "OTLP/gRPC endpoint for metrics only (overrides OTEL_EXPORTER_OTLP_ENDPOINT).", _endpoint)
     metric_export_interval: float = _env(
         "OTEL_METRIC_EXPORT_INTERVAL", "60000",
         "Milliseconds between two OTLP metric exports (cumulative temporality).", _duration_ms)
@@ -307,6 +508,14 @@ class Config:
         "OTEL_TRACES_SAMPLER_ARG", "1.0",
         "Ratio (0 to 1) of the `traceidratio` samplers, decided on the trace id as every OTel SDK "
         "does, so all services keep the same traces.", _ratio)
+    shutdown_timeout: float = _env(
+        "BEYLA_SHUTDOWN_TIMEOUT_MS", "5000",
+        "Milliseconds the final export of spans and metrics may take after SIGTERM (one deadline for "
+        "both, retries included); what is not delivered by then is abandoned, logged and counted in "
+        "beyla_sidecar_spans_abandoned_total and beyla_sidecar_metric_exports_abandoned_total. The "
+        "rest of the shutdown adds about a second: keep the sum under what the pod's "
+        "terminationGracePeriodSeconds (30 s by default) leaves once the app has exited (a native "
+        "sidecar is stopped after the app).", _duration_ms)
 
     def __post_init__(self) -> None:
         if self.span_batch_size is not None and self.span_batch_size > self.span_queue_size:
@@ -335,12 +544,27 @@ def load(cls: type, env: Mapping[str, str] | None = None) -> Any:
     values: dict[str, Any] = {}
     for f in fields(cls):
         meta = f.metadata
-        raw = env.get(meta["env"], meta["default"])
-        try:
-            values[f.name] = meta["parse"](raw)
-        except ValueError as exc:
-            raise ConfigError(f"{meta['env']}={raw!r} is invalid: {exc}. {meta['doc']}") from None
+        if "sdk_names" in meta:
+            values[f.name] = _check_sdk_env(meta, env)
+        else:
+            values[f.name] = _parse(meta, meta["env"], env.get(meta["env"], meta["default"]))
     return cls(**values)
+
+
+def _parse(meta: Mapping[str, Any], name: str, raw: str) -> Any:
+    try:
+        return meta["parse"](raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {exc}. {meta['doc']}") from None
+
+
+def _check_sdk_env(meta: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """Checks every form of an `_sdk_env` variable that is set; the general one's value, or None."""
+    for name in meta["sdk_names"][1:]:
+        if name in env:
+            _parse(meta, name, env[name])
+    name = meta["env"]
+    return _parse(meta, name, env[name]) if name in env else None
 
 
 def describe(cls: type) -> list[tuple[str, str, str]]:
@@ -361,6 +585,16 @@ def _quantity(raw: str) -> str:
     return value
 
 
+# linux/capability.h, bits 0 to 40. A name the container runtime does not know fails every
+# injected pod at container creation, far from this setting.
+LINUX_CAPABILITIES = frozenset((
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+    "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
+    "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE "
+    "AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ "
+    "PERFMON BPF CHECKPOINT_RESTORE").split())
+
+
 def _capabilities(raw: str) -> tuple[str, ...]:
     """Comma-separated Linux capabilities, `CAP_` prefix optional, e.g. `BPF,PERFMON`."""
     caps: list[str] = []
@@ -368,8 +602,10 @@ def _capabilities(raw: str) -> tuple[str, ...]:
         cap = item.strip().upper().removeprefix("CAP_")
         if not cap:
             continue
-        if not re.fullmatch(r"[A-Z_]+", cap) or cap == "ALL":
-            raise ValueError(f"{item.strip()!r} is not a capability name (ALL is refused: least privilege)")
+        if cap == "ALL":
+            raise ValueError("ALL is refused: least privilege")
+        if cap not in LINUX_CAPABILITIES:
+            raise ValueError(f"{item.strip()!r} is not a Linux capability (e.g. BPF, PERFMON, SYS_PTRACE)")
         if cap not in caps:
             caps.append(cap)
     return tuple(caps)
@@ -381,6 +617,41 @@ def _pull_policy(raw: str) -> str:
         if value.lower() == allowed.lower():
             return allowed
     raise ValueError("expected Always, IfNotPresent or Never")
+
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_COMPONENT = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# The container image reference grammar (distribution/reference): [registry[:port]/]path[:tag][@digest].
+_IMAGE = re.compile(rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?/)?"
+                    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?")
+
+
+def _image(raw: str) -> str:
+    value = raw.strip()
+    if not _IMAGE.fullmatch(value):
+        raise ValueError("expected an image reference such as ghcr.io/org/beyla-sidecar:0.1.0 "
+                         "(lower-case repository, optional :tag and @sha256:digest)")
+    return value
+
+
+def _host_path(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith("/") or ".." in value.split("/"):  # Kubernetes' own hostPath rules
+        raise ValueError("expected an absolute path on the node, without `..`, e.g. /sys/kernel/tracing")
+    return value
+
+
+def _passed_on(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """A value given unchanged to sidecars, checked by the sidecar's own rule: a bad one stops the
+    webhook at start-up instead of every injected sidecar. Empty: not given."""
+    def check(raw: str) -> str:
+        value = raw.strip()
+        if value:
+            parse(value)
+        return value
+
+    return check
 
 
 def _url(raw: str) -> str:
@@ -395,7 +666,12 @@ class WebhookConfig:
     """Configuration of `beyla-sidecar webhook` (the mutating admission webhook)."""
 
     port: int = _env("BEYLA_WEBHOOK_PORT", "8443", "HTTPS port of the webhook (/mutate, /metrics, /healthz).", _port)
-    address: str = _env("BEYLA_WEBHOOK_ADDRESS", "0.0.0.0", "Address the webhook listens on.")
+    address: str = _env(
+        "BEYLA_WEBHOOK_ADDRESS", "0.0.0.0", "IPv4 address the webhook listens on (0.0.0.0: every interface).",
+        _ipv4)
+    log_level: str = _env(
+        "BEYLA_LOG_LEVEL", "info", "Log level of the webhook: debug, info, warning, error.",
+        _choice("debug", "info", "warning", "error"))
     cert_file: str = _env(
         "BEYLA_WEBHOOK_CERT", "",
         "PEM certificate (chain) of the webhook, e.g. from cert-manager; reloaded when the file changes. "
@@ -414,7 +690,8 @@ class WebhookConfig:
     kube_api: str = _env(
         "BEYLA_WEBHOOK_KUBE_API", "https://kubernetes.default.svc",
         "Kubernetes API server used to publish the caBundle.", _url)
-    sidecar_image: str = _env("BEYLA_WEBHOOK_SIDECAR_IMAGE", "beyla-sidecar:0.1.0", "Image of the injected sidecar.")
+    sidecar_image: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_IMAGE", "beyla-sidecar:0.1.0", "Image of the injected sidecar.", _image)
     sidecar_image_pull_policy: str = _env(
         "BEYLA_WEBHOOK_SIDECAR_IMAGE_PULL_POLICY", "IfNotPresent",
         "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never.", _pull_policy)
@@ -426,7 +703,8 @@ class WebhookConfig:
     sidecar_capabilities: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_SIDECAR_CAPABILITIES", "BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH,CHECKPOINT_RESTORE",
         "Capabilities added to the sidecar (all others dropped). Add SYS_ADMIN on nodes with "
-        "kernel.perf_event_paranoid > 2; NET_ADMIN only for TC features (none yet).", _capabilities)
+        "kernel.perf_event_paranoid > 2, or for HTTPS on kernels older than 6.6; NET_ADMIN only for TC "
+        "features (none yet).", _capabilities)
     sidecar_cpu_request: str = _env("BEYLA_WEBHOOK_SIDECAR_CPU_REQUEST", "50m", "CPU request of the sidecar (empty: none).", _quantity)
     sidecar_memory_request: str = _env(
         "BEYLA_WEBHOOK_SIDECAR_MEMORY_REQUEST", "64Mi", "Memory request of the sidecar (empty: none).", _quantity)
@@ -438,7 +716,8 @@ class WebhookConfig:
     tracefs_host_path: str = _env(
         "BEYLA_WEBHOOK_TRACEFS_HOST_PATH", "/sys/kernel/tracing",
         "Node path of tracefs, mounted read-only at /sys/kernel/tracing in the sidecar "
-        "(/sys/kernel/debug/tracing on old nodes without a separate tracefs mount).")
+        "(/sys/kernel/debug/tracing on old nodes without a separate tracefs mount). An absolute path.",
+        _host_path)
     sidecar_log_level: str = _env(
         "BEYLA_WEBHOOK_SIDECAR_LOG_LEVEL", "", "BEYLA_LOG_LEVEL given to sidecars (empty: their default).",
         _choice("", "debug", "info", "warning", "error"))
@@ -461,21 +740,39 @@ class WebhookConfig:
         "Time a client has for the TLS handshake, request and response of one connection.", _duration_ms)
     max_connections: int = _env(
         "BEYLA_WEBHOOK_MAX_CONNECTIONS", "128",
-        "Concurrent connections served; more are closed at once.", _positive_int)
-    # Passed through unchanged to every injected sidecar when set (the webhook itself exports nothing).
-    otlp_endpoint: str = _env("OTEL_EXPORTER_OTLP_ENDPOINT", "", "Given to sidecars: OTLP collector endpoint.")
+        "Requests served at once (a thread each); connections whose request starts beyond are closed.",
+        _positive_int)
+    handshake_timeout: float = _env(
+        "BEYLA_WEBHOOK_HANDSHAKE_TIMEOUT_MS", "3000",
+        "Time a new connection has to finish the TLS handshake and start its request; it holds no "
+        "thread meanwhile, and is closed after.", _duration_ms)
+    max_idle_connections: int = _env(
+        "BEYLA_WEBHOOK_MAX_IDLE_CONNECTIONS", "512",
+        "Connections held before their request starts (TLS handshake, idle). Beyond, each new one "
+        "closes the oldest one of the client address holding the most. Keep it under the open-file "
+        "limit.", _positive_int)
+    # Passed through to every injected sidecar when set (the webhook itself exports nothing).
+    otlp_endpoint: str = _env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "Given to sidecars: OTLP collector endpoint.", _passed_on(_endpoint))
     otlp_traces_endpoint: str = _env(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Given to sidecars: OTLP endpoint for traces.")
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Given to sidecars: OTLP endpoint for traces.",
+        _passed_on(_endpoint))
     otlp_metrics_endpoint: str = _env(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "", "Given to sidecars: OTLP endpoint for metrics.")
-    otlp_protocol: str = _env("OTEL_EXPORTER_OTLP_PROTOCOL", "", "Given to sidecars: OTLP protocol.")
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "", "Given to sidecars: OTLP endpoint for metrics.",
+        _passed_on(_endpoint))
+    otlp_protocol: str = _env(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "", "Given to sidecars: OTLP protocol (`grpc`).", _passed_on(_choice("grpc")))
     otlp_headers: str = _env(
         "OTEL_EXPORTER_OTLP_HEADERS", "",
-        "Given to sidecars: OTLP headers. Visible in every pod spec: do not put secrets here.")
-    traces_sampler: str = _env("OTEL_TRACES_SAMPLER", "", "Given to sidecars: trace sampler.")
-    traces_sampler_arg: str = _env("OTEL_TRACES_SAMPLER_ARG", "", "Given to sidecars: trace sampler argument.")
+        "Given to sidecars: OTLP headers. Visible in every pod spec: do not put secrets here.",
+        _passed_on(_otlp_headers))
+    traces_sampler: str = _env(
+        "OTEL_TRACES_SAMPLER", "", "Given to sidecars: trace sampler.", _passed_on(_sampler))
+    traces_sampler_arg: str = _env(
+        "OTEL_TRACES_SAMPLER_ARG", "", "Given to sidecars: trace sampler argument.", _passed_on(_ratio))
     metric_export_interval: str = _env(
-        "OTEL_METRIC_EXPORT_INTERVAL", "", "Given to sidecars: metric export interval in milliseconds.")
+        "OTEL_METRIC_EXPORT_INTERVAL", "", "Given to sidecars: metric export interval in milliseconds.",
+        _passed_on(_duration_ms))
 
     def passthrough_env(self) -> list[tuple[str, str]]:
         """(name, value) of the OTEL_* settings to copy into every sidecar, in a fixed order."""

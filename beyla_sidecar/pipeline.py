@@ -5,6 +5,7 @@ All mutable state of a running sidecar lives here (or in the objects it owns).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ import structlog
 
 from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord
 from .bpf.loader import Probes
-from .config import Config
+from .config import Config, ConfigError
 from .discover.lifecycle import Discovery
 from .discover.maps import namespace_listening_ports
 from .discover.processes import ProcessTable
@@ -26,6 +27,7 @@ from .export.metrics import Metrics, ServiceMetrics, to_metrics_data
 from .export.otlp_metrics import MetricPush
 from .export.prometheus import PrometheusServer, exposition
 from .export.resource import ResourceFactory
+from .export.shapes import Shapes
 from .export.spans import Clock
 from .export.traces import TraceExport
 from .protocols import all_protocols
@@ -81,6 +83,7 @@ class _Target:
     resource: bytes  # its spans' Resource, OTLP-encoded once (TraceExport.resource)
     service: str
     metrics: ServiceMetrics | None
+    shapes: Shapes
 
 
 class Pipeline:
@@ -104,7 +107,8 @@ class Pipeline:
         self._protocol_names = tuple(p.name for p in protocols)
         # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
         self.sampler = make_sampler(cfg.traces_sampler, cfg.traces_sampler_arg)
-        self.tracker = Tracker(protocols, self._on_exchange, sampler=self.sampler)
+        # Without a span destination exchanges need no trace context.
+        self.tracker = Tracker(protocols, self._on_exchange, sampler=self.sampler, traces=self.export.enabled)
         self._exited: list[tuple[float, int, int]] = []  # (when to forget, pid, host pid)
         self.target_ns = target_pid_namespace(cfg.pid_namespace)
         # In our own namespace the events' ns_pid is what our /proc shows and what
@@ -157,24 +161,31 @@ class Pipeline:
         target = self._targets.get(pid)
         if target is None:
             target = self._targets[pid] = self._target(pid)
-        path = ex.protocol.path(ex.request)
-        drop = self.routes.dropped(path)
-        if drop is Drop.ALL:
+        shape = target.shapes.get(ex)
+        if shape.drop is Drop.ALL:
             return
-        route = self.routes.route(target.service, path)
-        desc = ex.protocol.describe(ex.request, ex.response, ex.kind, self.cfg.include_query, route=route,
-                                      tls=ex.tls)
-        # `is Drop.NONE` first: Flag's `&` costs a microsecond, and most paths are not ignored
-        if target.metrics is not None and (drop is Drop.NONE or not drop & Drop.METRICS):
-            target.metrics.record(ex, desc, route)
-        if ex.context.sampled and (drop is Drop.NONE or not drop & Drop.TRACES):  # sampled out: not a drop
-            self.export.submit(ex, desc, target.resource)
+        metrics = shape.metrics
+        if metrics is not None:
+            series = shape.series(ex)
+            if series is not None:
+                metrics.add(series, ex.protocol.metric_values(ex.request, ex.response))
+        ctx = ex.context
+        if ctx is not None and ctx.sampled and shape.template is not None:  # sampled out: not a drop
+            self.export.submit(ex, shape.template, target.resource)
 
     def _target(self, pid: int) -> _Target:
         proc = self.processes.get(pid)
         service = self.resources.service_name(proc)
         metrics = self.metrics.service(service, self.resources.service(service)) if self.metrics else None
-        return _Target(self.export.resource(self.resources.create(pid, proc)), service, metrics)
+        shapes = Shapes(service, self.routes, self.export, metrics, self.cfg.include_query)
+        return _Target(self.export.resource(self.resources.create(pid, proc)), service, metrics, shapes)
+
+    def is_ready(self) -> bool:
+        """/readyz: probes attached, and not every OpenSSL attach failed (HTTPS would go
+        untraced while the endpoint said all is well). Only informational: the webhook injects
+        no readiness probe, so this never holds the app back."""
+        d = self.discovery
+        return self.ready.is_set() and not (d.stats.attach_failures and not d.tls_files)
 
     def self_stats(self) -> selfmetrics.SelfStats:
         """The sidecar's own counters; read from the scrape thread (plain ints and dict copies)."""
@@ -191,8 +202,10 @@ class Pipeline:
             spans_exported={k: v.exported for k, v in spans.items()},
             spans_failed={k: v.failed for k, v in spans.items()},
             spans_dropped={k: v.dropped for k, v in spans.items()},
+            spans_abandoned={k: v.abandoned for k, v in spans.items()},
             metric_exports=push.exports if push else 0,
             metric_exports_failed=push.failures if push else 0,
+            metric_exports_abandoned=push.abandoned if push else 0,
             instrumented_processes=self.discovery.instrumented_processes,
             tls_libraries=self.discovery.tls_files,
             unsupported_tls=dict(self.discovery.stats.unsupported_tls),
@@ -209,10 +222,14 @@ class Pipeline:
         return exposition(snapshots, selfmetrics.families(self.self_stats(), self._me))
 
     def _start_exporters(self, cleanup: ExitStack) -> None:
-        """The Prometheus endpoint and the OTLP metric push, stopped by `cleanup`."""
+        """The Prometheus endpoint and the OTLP metric push; `cleanup` makes the final export and stops them."""
         if self.cfg.prometheus_port:
-            server = PrometheusServer(self.cfg.prometheus_address, self.cfg.prometheus_port,
-                                      self.scrape, self.ready.is_set)
+            address, port = self.cfg.prometheus_address, self.cfg.prometheus_port
+            try:
+                server = PrometheusServer(address, port, self.scrape, self.is_ready)
+            except OSError as exc:  # e.g. the port is taken (the pod shares one network namespace)
+                raise ConfigError(f"BEYLA_PROMETHEUS_PORT={port} is unusable: cannot listen on "
+                                  f"{address}:{port}: {exc.strerror}. Choose a free port, or 0 for none.") from None
             server.start()
             cleanup.callback(server.stop)
         if self.metrics is not None and self.cfg.metrics_endpoint:
@@ -221,7 +238,21 @@ class Pipeline:
                                                   self.cfg.metric_export_interval, self.cfg.metric_export_timeout,
                                                   self.cfg.metrics_endpoint)
             push.start()
-            cleanup.callback(push.stop)
+        cleanup.callback(self._final_export)  # after the probes detach (LIFO), before /metrics stops
+
+    def _final_export(self) -> None:
+        """Spans and metrics within one deadline (BEYLA_SHUTDOWN_TIMEOUT_MS): the pod's grace period
+        is short. What misses it is abandoned, counted and logged."""
+        started = time.monotonic()
+        deadline = started + self.cfg.shutdown_timeout
+        push = self._metric_push
+        if push is not None:
+            push.close()  # its final export runs while the spans' do
+        spans = self.export.shutdown(deadline)
+        metric_exports = push.stop(deadline) if push is not None else 0
+        report = log.warning if metric_exports or any(spans.values()) else log.info
+        report("final export", seconds=round(time.monotonic() - started, 3), spans_abandoned=spans,
+               metric_exports_abandoned=metric_exports)
 
     def _sweep(self, probes: Probes) -> None:
         now_ns = time.monotonic_ns()
@@ -244,13 +275,19 @@ class Pipeline:
                         filter_pids=self.discovery.selector.filters) as probes:
                 # servers that were listening before the probes attached (our namespace is the pod's)
                 probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, namespace_listening_ports())
+                if probes.uprobe_error:
+                    log.error("HTTPS through OpenSSL will not be traced", reason=probes.uprobe_error)
                 self.discovery.start(probes)
-                log.info("instrumentation ready", strategy=probes.strategy, pid_namespace=self.target_ns,
+                log.info("instrumentation ready", strategy=probes.strategy, uprobes=probes.uprobe_mechanism,
+                         pid_namespace=self.target_ns,
                          exporters=self.export.destinations, request_capture=self.cfg.request_capture_size,
                          response_capture=self.cfg.response_capture_size,
                          prometheus_port=self.cfg.prometheus_port or None,
                          metrics_endpoint=self.cfg.metrics_endpoint or None)
                 self.ready.set()
+                # What start-up made (modules, grpc, the OTel SDK) lives as long as we do: out of
+                # the collector's sight, so that collections scan only what the data path makes.
+                gc.freeze()
                 timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 next_counters = 0.0
@@ -278,8 +315,6 @@ class Pipeline:
                 self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()), finished_only=False)  # all open
                 self.tracker.expire(1 << 63)
                 self.stats.kernel_counters = probes.counters()
-            self.export.flush()
-            self.export.shutdown()
         log.info("stopped", records=self.stats.records, exchanges=self.tracker.stats.exchanges,
                  malformed_records=self.stats.malformed_records,
                  parse_failures=self.tracker.stats.parse_failures)

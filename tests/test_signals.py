@@ -1,12 +1,23 @@
-"""SIGTERM during a log write must not deadlock: the handler never logs."""
+"""SIGTERM stops the sidecar promptly: the handler never logs (no deadlock during a log write),
+and the final export keeps to BEYLA_SHUTDOWN_TIMEOUT_MS whatever the collector does."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .e2e.pod import APPS, Pod, Sidecar, free_port
+from .e2e.test_http import start_python_server
+from .export.test_traces import refused, stalled
 
 
 def test_sigterm_while_logging_stops_promptly() -> None:
@@ -31,3 +42,36 @@ def test_sigterm_while_logging_stops_promptly() -> None:
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=10)
         assert out == "SIGTERM\n" and child.returncode == 0
+
+
+SHUTDOWN_TIMEOUT_MS = 2000
+MARGIN = 2.0  # after the deadline: the abort (0.5 s at most), the probes' detach, the interpreter's exit
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Iterator[Pod]:
+    p = Pod(tmp_path)
+    yield p
+    p.close()
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("collector", [stalled, refused], ids=["stalled", "refused"])
+def test_sigterm_exits_within_the_shutdown_deadline_and_reports_what_it_abandoned(pod: Pod, collector) -> None:
+    app = free_port()
+    start_python_server(pod, app, inside=True, service="app")
+    with collector() as port:
+        sidecar = Sidecar(pod, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                                "BEYLA_TRACE_PRINTER": "disabled",
+                                "BEYLA_SHUTDOWN_TIMEOUT_MS": str(SHUTDOWN_TIMEOUT_MS),
+                                # nothing leaves before SIGTERM: everything is for the final export
+                                "OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_METRIC_EXPORT_INTERVAL": "600000"})
+        pod.run([sys.executable, str(APPS / "keepalive_client.py"), str(app), "9"])  # 10 requests
+        started = time.monotonic()
+        assert sidecar.stop() == 0
+        elapsed = time.monotonic() - started
+    logs = [json.loads(line) for line in sidecar.err.read_text().splitlines() if line.startswith("{")]
+    [final] = [entry for entry in logs if entry["event"] == "final export"]
+    # server and client side of each request, all queued; the one metric export due at shutdown
+    assert (final["spans_abandoned"], final["metric_exports_abandoned"]) == ({"otlp": 20}, 1)
+    assert SHUTDOWN_TIMEOUT_MS / 1000 <= elapsed < SHUTDOWN_TIMEOUT_MS / 1000 + MARGIN

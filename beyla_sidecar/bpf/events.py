@@ -127,6 +127,7 @@ _TYPES: tuple[EventType | None, ...] = (None, *EventType)  # value -> member wit
 _ROLES = tuple(Role)
 _ENDS: tuple[End | None, ...] = (None, *End)
 CACHE_LIMIT = 4096  # distinct addresses / task names remembered before a cache starts over
+_TUPLE_NEW = tuple.__new__
 
 
 def _addr(family: int, raw: bytes) -> str:
@@ -156,10 +157,10 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
     if data + resp_off + resp_len > len(record) or req_len > resp_off:
         return None
     tp = bytes(record[EXCHANGE.size:data]) if flags & FLAG_TRACEPARENT else b""
-    return ExchangeRecord(
+    return _TUPLE_NEW(ExchangeRecord, (  # not ExchangeRecord(...): its __new__ is one more Python call
         sock_id, pid, ns_pid, tid, _ROLES[role], end, flags, req_start, req_end, resp_start, resp_end,
         req_bytes, resp_bytes, (parent_sock, parent_start) if parent_sock else None, req_head, resp_head,
-        bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp)
+        bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp))
 
 
 class Decoder:

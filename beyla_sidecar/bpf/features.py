@@ -1,6 +1,6 @@
 """What the running kernel offers to the probes: for `beyla-sidecar check` and for choosing
 the attach strategy at start-up. Every probe here is cheap (file checks, BTF lookups, one
-map-type probe, one empty fentry program attached for an instant)."""
+map-type probe, one empty fentry program and one empty uprobe attached for an instant)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import libbpf
+from .libbpf import BpfError
 from .strategy import STRATEGIES, Strategy
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
@@ -27,14 +28,30 @@ FIX_TRACEFS = ("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/traci
 REQUIRED_CAPABILITIES = {
     "DAC_READ_SEARCH": 2,      # read other containers' files through /proc/<pid>/root
     "SYS_PTRACE": 19,          # read /proc/<pid>/exe, maps and environ of the pod's processes
-    "PERFMON": 38,             # attach tracepoints and uprobes (perf events)
+    "PERFMON": 38,             # load tracing programs, tracepoint perf events, uprobe_multi links
     "BPF": 39,                 # load programs, create maps
     "CHECKPOINT_RESTORE": 40,  # resolve /proc/<pid>/map_files of other processes
 }
-SYS_ADMIN = 21  # needed on top when kernel.perf_event_paranoid > 2 (some distributions)
+# Needed on top when kernel.perf_event_paranoid > 2 (Debian, Ubuntu), and for uprobes on kernels
+# without uprobe_multi links (< 6.6) that have the CVE-2025-38466 fix (perf uprobes: CAP_SYS_ADMIN).
+SYS_ADMIN = 21
+# How the OpenSSL uprobes are attached, in preference order.
+UPROBE_MULTI = "uprobe_multi"  # bpf link, Linux 6.6+: CAP_BPF + CAP_PERFMON
+UPROBE_PERF = "perf_event"     # uprobe PMU: CAP_SYS_ADMIN since Linux 6.16 and stable backports
+# errnos of a kernel without uprobe_multi links (unknown attach type, no CONFIG_UPROBES...)
+_NOT_IN_KERNEL = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: ENOTSUPP (kernel-internal)
 PERF_EVENT_PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
 FIX_PRIVILEGE = ("the bpf() syscall is not permitted: run as root or grant capabilities "
                  "BPF and PERFMON (securityContext.capabilities.add)")
+
+
+@dataclass(frozen=True)
+class UprobeSupport:
+    """How `run` attaches uprobes here (mechanism), or why it cannot (error, errno)."""
+
+    mechanism: str | None
+    error: str | None = None
+    errno: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,9 @@ class KernelFeatures:
     tracefs: str | None            # directory libbpf resolves tracepoints in, if mounted
     missing_btf_tracepoints: tuple[str, ...]  # tp_btf targets our strategies need but BTF lacks
     kprobes: bool                  # perf "kprobe" PMU or tracefs kprobe_events exists
-    uprobes: bool                  # perf "uprobe" PMU or tracefs uprobe_events exists
+    uprobes: bool                  # an empty uprobe attached to a real library function
+    uprobe_mechanism: str | None   # UPROBE_MULTI or UPROBE_PERF: how the OpenSSL probes attach
+    uprobe_error: str | None       # why they cannot (HTTPS through OpenSSL is then not traced)
     bpf_allowed: bool              # bpf() usable by this process (privileges)
     ringbuf: bool                  # BPF_MAP_TYPE_RINGBUF creatable
     fentry: bool                   # an empty fentry program loaded and attached
@@ -71,7 +90,7 @@ class KernelFeatures:
              if self.missing_btf_tracepoints else "all present"),
             ("kprobes", yes[self.kprobes]),
             ("fentry", f"no ({self.fentry_error})" if self.fentry_error else yes[self.fentry]),
-            ("uprobes", yes[self.uprobes]),
+            ("uprobes", f"yes ({self.uprobe_mechanism})" if self.uprobes else "no (HTTPS not traced)"),
             ("capabilities", "missing " + ", ".join(self.missing_capabilities)
              if self.missing_capabilities else "all needed present"),
             ("attach strategy", self.strategy or "none"),
@@ -89,8 +108,8 @@ def tracefs_dir() -> Path | None:
 
 
 def _dynamic_probe(kind: str, tracefs: Path | None) -> bool:
-    """kprobe/uprobe support: the perf PMU libbpf attaches through (no tracefs needed),
-    or the legacy tracefs control file."""
+    """kprobe support: the perf PMU libbpf attaches through (no tracefs needed), or the
+    legacy tracefs control file."""
     return os.path.exists(PMU_DIR / kind / "type") or bool(
         tracefs and os.path.exists(tracefs / f"{kind}_events"))
 
@@ -111,7 +130,43 @@ def _fentry(btf_id: int | None, bpf_allowed: bool) -> tuple[bool, str | None]:
     if not bpf_allowed:
         return False, "bpf() not permitted"
     err = libbpf.fentry_attach_errno(btf_id)
-    return (True, None) if err == 0 else (False, f"{errno.errorcode.get(err, err)}: {os.strerror(err)}")
+    return (True, None) if err == 0 else (False, _errname(err))
+
+
+def _errname(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)}: {os.strerror(err)}"
+
+
+def uprobe_problem(multi_err: int, perf_err: int) -> str:
+    """Why neither uprobe mechanism works, and what to do."""
+    no_multi = multi_err in _NOT_IN_KERNEL
+    multi = ("this kernel has no uprobe_multi links (Linux 6.6+)" if no_multi
+             else f"uprobe_multi link: {_errname(multi_err)}")
+    text = (f"HTTPS through OpenSSL is not traced: uprobes cannot attach ({multi}; "
+            f"perf uprobe: {_errname(perf_err)})")
+    if missing_capabilities(wanted={"PERFMON": REQUIRED_CAPABILITIES["PERFMON"]}):
+        return text + ": add capability PERFMON"
+    denied = perf_err in (errno.EACCES, errno.EPERM)
+    if no_multi and denied and missing_capabilities(wanted={"SYS_ADMIN": SYS_ADMIN}):
+        return text + (": without uprobe_multi links, perf uprobes need SYS_ADMIN since Linux 6.16 "
+                       "(and stable kernels since July 2025): add capability SYS_ADMIN or use Linux 6.6+")
+    return text
+
+
+def uprobe_support() -> UprobeSupport:
+    """Attach an empty uprobe to a real library function (through /proc/<pid>/root, as for a
+    pod's libssl) by each mechanism in preference order; the first that works is used."""
+    try:
+        target = libbpf.uprobe_test_target()
+    except (BpfError, OSError) as exc:
+        return UprobeSupport(None, f"no library to try uprobes on: {exc}", errno.ENOENT)
+    multi = libbpf.uprobe_attach_errno(*target, multi=True)
+    if multi == 0:
+        return UprobeSupport(UPROBE_MULTI)
+    perf = libbpf.uprobe_attach_errno(*target, multi=False)
+    if perf == 0:
+        return UprobeSupport(UPROBE_PERF)
+    return UprobeSupport(None, uprobe_problem(multi, perf), perf)
 
 
 def usable(strategy: Strategy, f: KernelFeatures) -> bool:
@@ -122,8 +177,10 @@ def usable(strategy: Strategy, f: KernelFeatures) -> bool:
             and (not strategy.needs_fentry or f.fentry))
 
 
-def missing_capabilities(status: str | None = None, paranoid: int | None = None) -> tuple[str, ...]:
-    """Required capabilities absent from this process's effective set (/proc/self/status CapEff)."""
+def missing_capabilities(status: str | None = None, paranoid: int | None = None,
+                         wanted: dict[str, int] | None = None) -> tuple[str, ...]:
+    """Capabilities absent from this process's effective set (/proc/self/status CapEff):
+    of `wanted`, by default the required ones."""
     if status is None:
         status = Path("/proc/self/status").read_text()
     if paranoid is None:
@@ -132,9 +189,10 @@ def missing_capabilities(status: str | None = None, paranoid: int | None = None)
         except (OSError, ValueError):
             paranoid = 2
     effective = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:"))
-    wanted = dict(REQUIRED_CAPABILITIES)
-    if paranoid > 2:
-        wanted["SYS_ADMIN"] = SYS_ADMIN
+    if wanted is None:
+        wanted = dict(REQUIRED_CAPABILITIES)
+        if paranoid > 2:
+            wanted["SYS_ADMIN"] = SYS_ADMIN
     return tuple(name for name, bit in wanted.items() if not effective >> bit & 1)
 
 
@@ -156,6 +214,8 @@ def _problems(f: KernelFeatures) -> tuple[str, ...]:
     if f.missing_btf_tracepoints:
         out.append("kernel lacks tracepoints " + ", ".join(f.missing_btf_tracepoints)
                    + ": the tracepoint strategy needs Linux 6.4 or newer")
+    if f.uprobe_error:
+        out.append(f.uprobe_error)
     return tuple(out)
 
 
@@ -166,10 +226,12 @@ def probe_features() -> KernelFeatures:
     bpf_allowed = libbpf.bpf_syscall_errno() == 0
     missing, fentry_id = _btf_scan(btf_ok)
     fentry_ok, fentry_error = _fentry(fentry_id, bpf_allowed)
+    uprobes = uprobe_support() if bpf_allowed else UprobeSupport(None, "bpf() not permitted", errno.EPERM)
     features = KernelFeatures(
         kernel_release=os.uname().release, btf=btf_ok, tracefs=str(tracefs) if tracefs else None,
         missing_btf_tracepoints=missing, kprobes=_dynamic_probe("kprobe", tracefs),
-        uprobes=_dynamic_probe("uprobe", tracefs), bpf_allowed=bpf_allowed,
+        uprobes=uprobes.mechanism is not None, uprobe_mechanism=uprobes.mechanism,
+        uprobe_error=uprobes.error, bpf_allowed=bpf_allowed,
         ringbuf=bpf_allowed and libbpf.map_type_supported(libbpf.BPF_MAP_TYPE_RINGBUF), fentry=fentry_ok, fentry_error=fentry_error,
         missing_capabilities=missing_capabilities(), strategy=None, problems=(),
     )

@@ -13,10 +13,11 @@ import ctypes
 import errno as errno_mod
 import logging
 import os
+import platform
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint,
-                    c_uint8, c_uint32, c_uint64, c_void_p)
+                    c_uint32, c_uint64, c_void_p)
 from functools import cache
 from typing import Any
 
@@ -28,8 +29,18 @@ BTF_KIND_TYPEDEF = 8
 BTF_KIND_DATASEC = 15
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_FENTRY = 24
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48  # Linux 6.6
+BPF_F_UPROBE_MULTI_RETURN = 1
+PERF_FLAG_FD_CLOEXEC = 8
+UPROBE_PMU_TYPE = "/sys/bus/event_source/devices/uprobe/type"
+# Numbers of the syscalls glibc does not wrap: (bpf, perf_event_open).
+_SYSCALL_NUMBERS = {"x86_64": (321, 298), "aarch64": (280, 241)}
+# An empty program: r0 = 0; exit
+_EMPTY_PROG = bytes((0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0))
 _LIBBPF_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 
@@ -60,6 +71,24 @@ class _ProgLoadOpts(Structure):
                 ("attach_prog_fd", c_uint32), ("attach_btf_obj_fd", c_uint32)]
 
 
+class _UprobeMultiAttr(Structure):
+    """union bpf_attr for BPF_LINK_CREATE of a uprobe_multi link (libbpf 1.1 cannot build it)."""
+
+    _fields_ = [("prog_fd", c_uint32), ("target_fd", c_uint32), ("attach_type", c_uint32),
+                ("flags", c_uint32), ("path", c_uint64), ("offsets", c_uint64),
+                ("ref_ctr_offsets", c_uint64), ("cookies", c_uint64), ("cnt", c_uint32),
+                ("multi_flags", c_uint32), ("pid", c_uint32), ("pad", c_uint32)]
+
+
+class _PerfEventAttr(Structure):
+    """struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1); `bits` holds the flag bits."""
+
+    _fields_ = [("type", c_uint32), ("size", c_uint32), ("config", c_uint64),
+                ("sample_period", c_uint64), ("sample_type", c_uint64), ("read_format", c_uint64),
+                ("bits", c_uint64), ("wakeup_events", c_uint32), ("bp_type", c_uint32),
+                ("config1", c_uint64), ("config2", c_uint64)]
+
+
 class _BtfType(Structure):
     _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
 
@@ -85,6 +114,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__section_name": (c_char_p, [_P]),
     "bpf_program__set_autoload": (c_int, [_P, c_bool]),
     "bpf_program__autoload": (c_bool, [_P]),
+    "bpf_program__fd": (c_int, [_P]),
+    "bpf_program__set_expected_attach_type": (c_int, [_P, c_uint]),
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__attach_uprobe_opts": (_P, [_P, c_int, c_char_p, c_size_t, POINTER(_UprobeOpts)]),
     "bpf_link__destroy": (c_int, [_P]),
@@ -107,6 +138,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "btf__find_by_name_kind": (c_int, [_P, c_char_p, c_uint32]),
     "btf__type_by_id": (POINTER(_BtfType), [_P, c_uint32]),
     "btf__name_by_offset": (c_char_p, [_P, c_uint32]),
+    "libbpf_major_version": (c_uint32, []),
 }
 
 
@@ -127,6 +159,22 @@ def _libc() -> ctypes.CDLL:
     libc.free.argtypes = [c_void_p]
     libc.free.restype = None
     return libc
+
+
+@cache
+def _syscall_libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _syscall(which: int, *args: Any) -> int:
+    """syscall(2) for bpf (which=0) or perf_event_open (1): the result, or -errno."""
+    numbers = _SYSCALL_NUMBERS.get(platform.machine())
+    if numbers is None:
+        return -errno_mod.ENOSYS
+    ret = int(_syscall_libc().syscall(ctypes.c_long(numbers[which]), *args))
+    return -ctypes.get_errno() if ret < 0 else ret
 
 
 def _on_print(level: int, fmt: bytes | None, args: int | None) -> int:
@@ -196,16 +244,26 @@ def _check_ptr(ptr: int | None, what: str, capture: _Capture | None = None) -> i
 
 
 class Link:
-    """An attachment; destroy() detaches (idempotent)."""
+    """An attachment (a libbpf bpf_link, or a bare link fd); destroy() detaches (idempotent)."""
 
     def __init__(self, ptr: int, what: str) -> None:
         self._ptr: int | None = ptr
+        self._fd: int | None = None
         self.what = what
+
+    @classmethod
+    def from_fd(cls, fd: int, what: str) -> Link:
+        link = cls(0, what)
+        link._fd = fd
+        return link
 
     def destroy(self) -> None:
         if self._ptr:
             lib().bpf_link__destroy(self._ptr)
             self._ptr = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Program:
@@ -220,6 +278,16 @@ class Program:
 
     def set_autoload(self, enabled: bool) -> None:
         _check_int(lib().bpf_program__set_autoload(self._ptr, enabled), f"set_autoload {self.name}")
+
+    @property
+    def fd(self) -> int:
+        """After load."""
+        return _check_int(lib().bpf_program__fd(self._ptr), f"program {self.name} fd")
+
+    def set_expected_attach_type(self, attach_type: int) -> None:
+        """Before load, e.g. BPF_TRACE_UPROBE_MULTI for attach_uprobe_multi()."""
+        _check_int(lib().bpf_program__set_expected_attach_type(self._ptr, attach_type),
+                   f"set_expected_attach_type {self.name}")
 
     def attach(self) -> Link:
         """Attach by section name (tp/, tp_btf/, raw_tp/, ...)."""
@@ -237,6 +305,15 @@ class Program:
             ptr = lib().bpf_program__attach_uprobe_opts(self._ptr, pid, os.fsencode(binary), offset,
                                                         ctypes.byref(opts))
             return Link(_check_ptr(ptr, what, cap), self.name)
+
+    def attach_uprobe_multi(self, binary: str, offsets: Sequence[int], retprobe: bool = False) -> Link:
+        """Uprobes at the file `offsets` of `binary`, for every process, as one uprobe_multi
+        link. Needs set_expected_attach_type(BPF_TRACE_UPROBE_MULTI) before load."""
+        fd = uprobe_multi_link(self.fd, binary, offsets, retprobe)
+        if fd < 0:
+            where = ",".join(hex(o) for o in offsets)
+            raise BpfError(f"attach uprobe_multi {self.name} to {binary}:{where}", -fd)
+        return Link.from_fd(fd, self.name)
 
 
 class Map:
@@ -421,20 +498,65 @@ class VmlinuxBtf:
         return ret if ret > 0 else None
 
 
-def fentry_attach_errno(btf_id: int) -> int:
-    """Load an empty fentry program on kernel function `btf_id` and attach it for an instant.
-    0 when both work, else the errno of the failing step."""
-    # r0 = 0; exit
-    insns = (c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0)
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=BPF_TRACE_FENTRY,
-                         attach_btf_id=btf_id)
+def uprobe_multi_link(prog_fd: int, binary: str, offsets: Sequence[int], retprobe: bool) -> int:
+    """BPF_LINK_CREATE of a uprobe_multi link (Linux 6.6+) on the file `offsets` of `binary` for
+    every process: the link fd, or -errno. No perf event is involved, so CAP_BPF and
+    CAP_PERFMON are enough (a perf event of the uprobe PMU needs CAP_SYS_ADMIN since Linux 6.16
+    and its stable backports). libbpf gained this in 1.3; Debian 12 ships 1.1."""
+    path = ctypes.create_string_buffer(os.fsencode(binary))
+    offs = (c_uint64 * len(offsets))(*offsets)
+    attr = _UprobeMultiAttr(prog_fd=prog_fd, attach_type=BPF_TRACE_UPROBE_MULTI,
+                            path=ctypes.addressof(path), offsets=ctypes.addressof(offs), cnt=len(offsets),
+                            multi_flags=BPF_F_UPROBE_MULTI_RETURN if retprobe else 0)
+    return _syscall(0, ctypes.c_long(BPF_LINK_CREATE), ctypes.byref(attr), ctypes.c_long(ctypes.sizeof(attr)))
+
+
+def _perf_uprobe_errno(binary: str, offset: int) -> int:
+    """Open (disabled) and close a perf event of the uprobe PMU, as libbpf's
+    bpf_program__attach_uprobe_opts does for pid -1: 0, or the errno."""
+    try:
+        with open(UPROBE_PMU_TYPE) as f:
+            pmu_type = int(f.read())
+    except (OSError, ValueError):
+        return errno_mod.ENOENT
+    path = ctypes.create_string_buffer(os.fsencode(binary))
+    attr = _PerfEventAttr(type=pmu_type, size=ctypes.sizeof(_PerfEventAttr), bits=1,  # disabled
+                          config1=ctypes.addressof(path), config2=offset)
+    fd = _syscall(1, ctypes.byref(attr), ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+                  ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
+def _load_empty_program(prog_type: int, expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
+    """fd of a loaded `r0 = 0; exit` program, or -errno."""
+    insns = ctypes.create_string_buffer(_EMPTY_PROG, len(_EMPTY_PROG))
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=expected_attach_type,
+                         attach_btf_id=attach_btf_id)
     with _Capture():
-        prog_fd = lib().bpf_prog_load(BPF_PROG_TYPE_TRACING, b"beyla_probe", b"GPL",
-                                      ctypes.cast(insns, c_char_p), 2, ctypes.byref(opts))
+        return int(lib().bpf_prog_load(prog_type, b"beyla_probe", b"GPL", ctypes.cast(insns, c_char_p),
+                                       len(_EMPTY_PROG) // 8, ctypes.byref(opts)))
+
+
+def uprobe_attach_errno(binary: str, offset: int, multi: bool) -> int:
+    """Attach an empty uprobe at `offset` of `binary` for an instant, the way Probes attaches
+    the OpenSSL probes: a uprobe_multi link (multi) or a perf event of the uprobe PMU.
+    0 when it works, else the errno of the failing step."""
+    if not multi:
+        return _perf_uprobe_errno(binary, offset)
+    return _link_errno(_load_empty_program(BPF_PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI),
+                       lambda prog_fd: uprobe_multi_link(prog_fd, binary, [offset], retprobe=False))
+
+
+def _link_errno(prog_fd: int, link: Callable[[int], int]) -> int:
+    """Link the empty program `prog_fd` (negative: the errno of its failed load) with `link`
+    and close both: 0 when it worked, else the errno of the failing step."""
     if prog_fd < 0:
         return -prog_fd
     try:
-        link_fd = lib().bpf_link_create(prog_fd, 0, BPF_TRACE_FENTRY, None)
+        link_fd = link(prog_fd)
         if link_fd < 0:
             return -link_fd
         os.close(link_fd)
@@ -443,6 +565,29 @@ def fentry_attach_errno(btf_id: int) -> int:
         os.close(prog_fd)
 
 
+def uprobe_test_target() -> tuple[str, int]:
+    """A real function in a real library to try uprobes on: libbpf_major_version in the
+    libbpf.so.1 this process maps, as (path through /proc/<pid>/root, file offset): the kind of
+    path and offset the OpenSSL probes of a pod's process are attached with. Nothing calls it."""
+    addr = ctypes.cast(lib().libbpf_major_version, c_void_p).value or 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, _, end = fields[0].partition("-")
+            if len(fields) == 6 and int(start, 16) <= addr < int(end, 16):
+                path = fields[5].rstrip("\n")
+                return f"/proc/{os.getpid()}/root{path}", addr - int(start, 16) + int(fields[2], 16)
+    raise BpfError("libbpf_major_version not in any mapping of /proc/self/maps", errno_mod.ENOENT)
+
+
+def fentry_attach_errno(btf_id: int) -> int:
+    """Load an empty fentry program on kernel function `btf_id` and attach it for an instant.
+    0 when both work, else the errno of the failing step."""
+    return _link_errno(_load_empty_program(BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, btf_id),
+                       lambda prog_fd: lib().bpf_link_create(prog_fd, 0, BPF_TRACE_FENTRY, None))
+
+
 __all__ = ["BpfError", "BpfObject", "Link", "Map", "Program", "VmlinuxBtf",
            "bpf_syscall_errno", "fentry_attach_errno", "map_type_supported", "num_possible_cpus", "lib",
-           "BTF_KIND_FUNC", "BTF_KIND_TYPEDEF", "BPF_MAP_TYPE_RINGBUF"]
+           "uprobe_attach_errno", "uprobe_multi_link", "uprobe_test_target",
+           "BTF_KIND_FUNC", "BTF_KIND_TYPEDEF", "BPF_MAP_TYPE_RINGBUF", "BPF_TRACE_UPROBE_MULTI"]

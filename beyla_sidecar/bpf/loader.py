@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import features, libbpf
 from .events import CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, End, ExchangeRecord, decode_exchange
-from .features import KernelFeatures, probe_features
+from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_features, uprobe_support
 from .libbpf import BpfError
 from .ring import RecordHandler, RingReader
 from .strategy import OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, by_name
@@ -141,6 +141,7 @@ class Probes:
         self._filter_pids = filter_pids
         self._links: list[libbpf.Link] = []
         self._uprobes: list[UprobeSet] = []
+        self._uprobe_support = UprobeSupport(None)
         self._ring: RingReader | None = None
         self._polling = False
         self._close_pending = False
@@ -155,8 +156,11 @@ class Probes:
     def _setup(self, ringbuf_size: int) -> None:
         obj = self._object()
         _check_strategy_table(obj)
+        self._uprobe_support = uprobe_support()
         for prog in obj.programs():
             prog.set_autoload(prog.name in self._strategy.programs or prog.name in UPROBE_PROGRAMS)
+            if prog.name in UPROBE_PROGRAMS and self._uprobe_support.mechanism == UPROBE_MULTI:
+                prog.set_expected_attach_type(libbpf.BPF_TRACE_UPROBE_MULTI)
         obj.set_rodata("pod_pidns", _U32.pack(self._pid_namespace))
         obj.set_rodata("req_capture", _U32.pack(self.req_capture))
         obj.set_rodata("resp_capture", _U32.pack(self.resp_capture))
@@ -200,6 +204,16 @@ class Probes:
         return self._strategy.name
 
     @property
+    def uprobe_mechanism(self) -> str | None:
+        """How attach_openssl() attaches (features.UPROBE_MULTI or UPROBE_PERF); None: it cannot."""
+        return self._uprobe_support.mechanism
+
+    @property
+    def uprobe_error(self) -> str | None:
+        """Why attach_openssl() cannot work here (names the fix), when it cannot."""
+        return self._uprobe_support.error
+
+    @property
     def program_names(self) -> tuple[str, ...]:
         """Names of the attached programs (as `bpftool prog show` lists them)."""
         return tuple(link.what for link in self._links)
@@ -225,12 +239,14 @@ class Probes:
         its SSL_* functions (those missing from `offsets` are skipped), for all processes:
         the programs check namespace and selection. All or nothing: raises BpfError."""
         self._object()
+        support = self._uprobe_support
+        if support.mechanism is None:  # the reason (support.error) is logged once, at start-up
+            raise BpfError("uprobes unavailable on this node (reason logged at start-up, and by "
+                           "`beyla-sidecar check`)", support.errno or errno.EOPNOTSUPP)
         links: list[libbpf.Link] = []
         try:
-            for probe in OPENSSL_UPROBES:
-                if probe.symbol in offsets:
-                    links.append(self._programs[probe.program].attach_uprobe(
-                        -1, path, offset=offsets[probe.symbol], retprobe=probe.retprobe))
+            attach = self._attach_multi if support.mechanism == UPROBE_MULTI else self._attach_perf
+            attach(path, offsets, links)
         except BpfError:
             UprobeSet(path, links).destroy()
             raise
@@ -238,6 +254,22 @@ class Probes:
         self._uprobes.append(uprobes)
         self._count_tls_files()
         return uprobes
+
+    def _attach_perf(self, path: str, offsets: Mapping[str, int], links: list[libbpf.Link]) -> None:
+        """One perf event of the uprobe PMU per function (needs CAP_SYS_ADMIN on Linux 6.16+)."""
+        for probe in OPENSSL_UPROBES:
+            if probe.symbol in offsets:
+                links.append(self._programs[probe.program].attach_uprobe(
+                    -1, path, offset=offsets[probe.symbol], retprobe=probe.retprobe))
+
+    def _attach_multi(self, path: str, offsets: Mapping[str, int], links: list[libbpf.Link]) -> None:
+        """One uprobe_multi link per program and direction, on all its functions of the file."""
+        grouped: dict[tuple[str, bool], list[int]] = {}
+        for probe in OPENSSL_UPROBES:
+            if probe.symbol in offsets:
+                grouped.setdefault((probe.program, probe.retprobe), []).append(offsets[probe.symbol])
+        for (program, retprobe), where in grouped.items():
+            links.append(self._programs[program].attach_uprobe_multi(path, where, retprobe))
 
     def detach(self, uprobes: UprobeSet) -> None:
         uprobes.destroy()

@@ -1,4 +1,5 @@
-"""What the sidecar knows about one process of the pod: executable, command line, own OTEL env."""
+"""What the sidecar knows about one process of the pod: executable, command line, the app it runs,
+own OTEL env."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from dataclasses import dataclass
 
 import psutil
 
+from . import naming
+
 COMMAND_LINE_MAX = 256
+# Workers started with `-c` code (multiprocessing spawn: `uvicorn --workers`; forkserver: worker,
+# forkserver, main) are named after the closest of this many ancestors that runs an app.
+NAMED_ANCESTORS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +21,7 @@ class ProcessInfo:
     pid: int
     executable_name: str
     command_line: str
+    app_name: str  # what an interpreter runs, from its whole command line (naming.py), or ''
     service_name: str  # OTEL_SERVICE_NAME from the process's own environment, or ''
     create_time: float
 
@@ -26,21 +33,44 @@ def _own_service_name(proc: psutil.Process) -> str:
         return ""
 
 
+def _executable(proc: psutil.Process) -> str:
+    try:
+        return os.path.basename(proc.exe()) or proc.name()
+    except (psutil.AccessDenied, OSError):
+        return proc.name()
+
+
+def _app_name(proc: psutil.Process, executable: str, cmdline: list[str]) -> str:
+    """naming.app_name of the process, else of its closest ancestors running the same interpreter."""
+    name = naming.app_name(executable, cmdline)
+    if name or naming.interpreter(executable) is None:
+        return name
+    try:
+        ancestor = proc.parent()
+        for _ in range(NAMED_ANCESTORS):
+            if ancestor is None or _executable(ancestor) != executable:
+                break
+            name = naming.app_name(executable, ancestor.cmdline())
+            if name:
+                return name
+            ancestor = ancestor.parent()
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
 def inspect(pid: int) -> ProcessInfo | None:
     """Read /proc/<pid> once; None when the process is gone or cannot be read."""
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
             cmdline = proc.cmdline()
-            try:
-                exe = os.path.basename(proc.exe())
-            except (psutil.AccessDenied, OSError):
-                exe = ""
-            name = exe or proc.name()
+            name = _executable(proc)
             return ProcessInfo(
                 pid=pid,
                 executable_name=name,
                 command_line=" ".join(cmdline)[:COMMAND_LINE_MAX],
+                app_name=_app_name(proc, name, cmdline),
                 service_name=_own_service_name(proc),
                 create_time=proc.create_time(),
             )
@@ -61,7 +91,8 @@ class ProcessTable:
         except KeyError:
             info = inspect(pid)
             if info is None and comm:
-                info = ProcessInfo(pid, comm, "", "", create_time=0.0)  # pruned at the next sweep
+                info = ProcessInfo(pid, comm, command_line="", app_name="", service_name="",
+                                   create_time=0.0)  # pruned at the next sweep
             self._by_pid[pid] = info
             return info
 

@@ -1,9 +1,8 @@
 """RED metrics from every completed exchange: our own cumulative histograms, per service.
 
-What is recorded is each protocol's business: it declares its instruments per span kind and
-says, for one exchange, which value goes into which, with which attributes
-(protocols/instruments.py). This module only aggregates and snapshots, so a new protocol's
-metrics need no change here.
+What is recorded is each protocol's business: it declares its instruments per span kind,
+the attributes of exchanges of one shape, and each exchange's values (protocols/instruments.py).
+This module only aggregates and snapshots, so a new protocol's metrics need no change here.
 
 The OTel SDK's instruments cost ~21 us per exchange (three histograms: attribute hashing,
 view matching, locks), so the hot path records into plain per-service dicts instead
@@ -35,9 +34,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .. import __version__
-from ..protocols.base import Protocol, SpanDescription, SpanKind
+from ..protocols.base import Protocol, SpanKind
 from ..protocols.instruments import AttributeValue, Instrument, InstrumentSet
-from ..tracker.exchange import Exchange
 
 # Attribute sets per instrument beyond which data goes to one `otel.metric.overflow` series
 # (the OTel SDK's default cardinality limit).
@@ -117,20 +115,21 @@ class ServiceMetrics:
         self.resource = resource
         self.start_ns = time.time_ns()
         self._lock = lock
-        self._extra = extra
+        self.extra = extra  # the opted-in attributes (BEYLA_METRICS_EXTRA_ATTRIBUTES)
         # Every declared set from the start: snapshots list them in declaration order.
         self._series: dict[InstrumentSet, dict[SeriesKey, Series]] = {s: {} for s in sets}
 
-    def record(self, ex: Exchange, desc: SpanDescription, route: str | None) -> None:
-        m = ex.protocol.measure(ex.request, ex.response, ex.kind, ex.conn, desc, route, self._extra)
-        if m is None:
-            return
-        instruments, key, values = m
+    def series(self, instruments: InstrumentSet, key: SeriesKey) -> Series:
+        """The histograms of one attribute set (the overflow series' past MAX_SERIES); callers keep
+        it for exchanges of the same shape (export/shapes.py)."""
         with self._lock:
             series_map = self._series[instruments]
             series = series_map.get(key)
-            if series is None:
-                series = _new_series(series_map, key, instruments)
+            return series if series is not None else _new_series(series_map, key, instruments)
+
+    def add(self, series: Series, values: tuple[float | None, ...]) -> None:
+        """One exchange's values, one per histogram of `series` (None: none)."""
+        with self._lock:
             # Each histogram updated inline: a method call apiece would cost more than the update.
             for b, value in zip(series, values):
                 if value is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from .. import __version__
 
@@ -75,11 +74,10 @@ def encode_resource(attributes: Mapping[str, AttributeValue]) -> bytes:
 _SCOPE = _field(1, _field(1, b"beyla-sidecar") + _field(2, __version__.encode()))  # ScopeSpans.scope
 
 
-class SpanItem(NamedTuple):
-    """A finished span as it waits in an export queue: two byte strings."""
-
-    resource: bytes  # encoded Resource (encode_resource), shared by the process's spans
-    span: bytes  # encoded Span message
+# A finished span as it waits in an export queue: (encoded Resource, shared by the process's
+# spans; encoded Span message). A plain tuple of bytes: the garbage collector stops tracking it,
+# where a NamedTuple would be scanned by every collection while tens of thousands wait for export.
+SpanItem = tuple[bytes, bytes]
 
 
 class AttributeCache:

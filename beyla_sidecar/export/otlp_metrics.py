@@ -8,15 +8,15 @@ first export after it comes back carries everything counted meanwhile.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
-log = structlog.get_logger()
+from .traces import ABORT_GRACE_SECONDS
 
-# How long stop() lets the final export run before aborting its retries.
-SHUTDOWN_GRACE_SECONDS = 5.0
+log = structlog.get_logger()
 
 
 def _otlp(endpoint: str, timeout: float) -> MetricExporter:
@@ -36,8 +36,10 @@ class MetricPush:
         self._exporter = exporter or _otlp(endpoint, timeout)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="otlp-metrics", daemon=True)
-        self.exports = 0
+        self.exports = 0  # attempted: each one then succeeds, fails or is abandoned
         self.failures = 0
+        self.abandoned = 0  # cut short by the shutdown deadline
+        self._aborted = False
 
     def start(self) -> None:
         self._thread.start()
@@ -45,7 +47,7 @@ class MetricPush:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             self.export()
-        self.export()
+        self.export()  # the final one, with everything counted until close()
 
     def export(self) -> None:
         data = self._collect()
@@ -57,11 +59,23 @@ class MetricPush:
         except Exception as exc:  # an exporter bug must not kill the export thread
             log.error("metric export raised", error=repr(exc))
             result = MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
+        if result is MetricExportResult.SUCCESS:
+            return
+        if self._aborted:
+            self.abandoned += 1
+        else:
             self.failures += 1
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Start the final export now."""
         self._stop.set()
-        self._thread.join(SHUTDOWN_GRACE_SECONDS)
-        self._exporter.shutdown()  # also aborts the retries of an export still running
-        self._thread.join()
+
+    def stop(self, deadline: float) -> int:
+        """Close, let the final export run until `deadline` (time.monotonic()), then abort it and
+        stop the exporter. Returns the exports abandoned."""
+        self.close()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._aborted = self._thread.is_alive()
+        self._exporter.shutdown()  # closes the gRPC channel: the export in flight fails now, retries stop
+        self._thread.join(ABORT_GRACE_SECONDS)
+        return self.abandoned

@@ -77,11 +77,11 @@ class PrintSink:
     def export(self, items: Sequence[SpanItem]) -> bool:
         resources: dict[bytes, dict[str, object]] = {}
         lines = []
-        for item in items:
-            resource = resources.get(item.resource)
+        for encoded_resource, span in items:
+            resource = resources.get(encoded_resource)
             if resource is None:
-                resource = resources[item.resource] = _attributes(Resource.FromString(item.resource).attributes)
-            lines.append(self._render(Span.FromString(item.span), resource) + "\n")
+                resource = resources[encoded_resource] = _attributes(Resource.FromString(encoded_resource).attributes)
+            lines.append(self._render(Span.FromString(span), resource) + "\n")
         try:
             self._out.write("".join(lines))
             self._out.flush()

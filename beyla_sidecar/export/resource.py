@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from .. import __version__
 from ..config import Config
 from ..discover.processes import ProcessInfo
-from ..kube.metadata import k8s_attributes
+from ..kube.metadata import k8s_attributes, owner_name
 
 
 def parse_resource_attributes(raw: str) -> dict[str, str]:
@@ -29,6 +29,8 @@ class ResourceFactory:
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
         self._user = parse_resource_attributes(cfg.resource_attributes)
+        self._pod_service = (cfg.service_name or cfg.otel_service_name or self._user.get("service.name")
+                             or owner_name(cfg))
         self._common: dict[str, str] = {
             "host.name": socket.gethostname(),
             **k8s_attributes(cfg),
@@ -44,13 +46,11 @@ class ResourceFactory:
                 self._common[key] = value
 
     def service_name(self, proc: ProcessInfo | None) -> str:
-        """The process's own OTEL_SERVICE_NAME, then ours, then the executable name."""
-        if proc is not None and proc.service_name:
-            return proc.service_name
-        return (self._cfg.service_name or self._cfg.otel_service_name
-                or self._user.get("service.name")
-                or (proc.executable_name if proc is not None else "")
-                or "unknown_service")
+        """The process's own OTEL_SERVICE_NAME, then ours, then the pod's owner, then what an
+        interpreter runs (`python3.11 app.py` -> `app`), then the executable name."""
+        if proc is None:
+            return self._pod_service or "unknown_service"
+        return proc.service_name or self._pod_service or proc.app_name or proc.executable_name or "unknown_service"
 
     def service(self, service_name: str) -> Resource:
         """The resource of a whole service (metrics): no process.* attributes, so the series of

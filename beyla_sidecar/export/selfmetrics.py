@@ -24,8 +24,10 @@ class SelfStats:
     spans_exported: dict[str, int] = field(default_factory=dict)  # by exporter
     spans_failed: dict[str, int] = field(default_factory=dict)
     spans_dropped: dict[str, int] = field(default_factory=dict)  # queue full
+    spans_abandoned: dict[str, int] = field(default_factory=dict)  # shutdown deadline passed
     metric_exports: int = 0
     metric_exports_failed: int = 0
+    metric_exports_abandoned: int = 0
     instrumented_processes: int = 0
     tls_libraries: int = 0  # OpenSSL files with uprobes attached
     unsupported_tls: dict[str, int] = field(default_factory=dict)  # executables by TLS stack we cannot trace
@@ -78,8 +80,12 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
         _counter_by("spans_failed", "Spans an exporter failed to deliver.", "exporter", s.spans_failed),
         _counter_by("spans_dropped", "Spans dropped because the exporter's queue was full.", "exporter",
                     s.spans_dropped),
+        _counter_by("spans_abandoned", "Spans not delivered by the shutdown deadline (BEYLA_SHUTDOWN_TIMEOUT_MS).",
+                    "exporter", s.spans_abandoned),
         _counter("metric_exports", "OTLP metric exports attempted.", s.metric_exports),
         _counter("metric_exports_failed", "OTLP metric exports that failed.", s.metric_exports_failed),
+        _counter("metric_exports_abandoned", "OTLP metric exports cut short by the shutdown deadline "
+                 "(BEYLA_SHUTDOWN_TIMEOUT_MS).", s.metric_exports_abandoned),
         _gauge("instrumented_processes", "Live processes of the pod selected for instrumentation.",
                s.instrumented_processes),
         _gauge("tls_libraries", "OpenSSL library files with uprobes attached.", s.tls_libraries),

@@ -10,8 +10,11 @@ from ..protocols.base import SpanDescription, SpanKind
 from ..tracker.exchange import Exchange
 from .otlp_encode import (
     CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, encode_span,
-    span_name,
+    key_value, span_name,
 )
+
+_SERVER = SpanKind.SERVER  # an Enum member looked up on its class runs Python code (3.11): once here
+
 
 class Clock:
     """CLOCK_MONOTONIC (bpf_ktime_get_ns) to Unix-epoch nanoseconds; re-synced to follow NTP."""
@@ -37,12 +40,19 @@ def network_attributes(ex: Exchange) -> dict[str, str | int]:
     return attrs
 
 
-class _Network(NamedTuple):
-    """A connection's network attributes for one span kind, encoded."""
+# The network attributes' keys, both kinds.
+NETWORK_KEYS = frozenset(("network.peer.address", "network.peer.port", "network.transport", "server.address",
+                          "server.port", "client.address", "client.port"))
 
-    keys: frozenset[str]
-    block: bytes  # all of them
-    each: tuple[tuple[str, bytes], ...]  # to leave out those the protocol sets itself
+
+class SpanTemplate(NamedTuple):
+    """What the spans of one exchange shape share (export/shapes.py), encoded once."""
+
+    name: bytes  # the Span's name field
+    attributes: bytes  # the protocol's attributes
+    sizes: tuple[str | None, str | None]  # the protocol's size_attributes
+    own_network: frozenset[str]  # network attributes the protocol sets itself (its value wins)
+    error: bytes  # the error.type attribute, b"" for none
 
 
 class SpanEncoder:
@@ -50,46 +60,44 @@ class SpanEncoder:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._attributes = AttributeCache()
-        self._names: dict[str, bytes] = {}
-        # A connection's network attributes, encoded once per connection and side (server or not).
-        self._network: dict[tuple[ConnTuple, bool], _Network] = {}
+        self._attributes = AttributeCache()  # body sizes and network attributes
+        # A connection's network attributes, encoded per connection, side and what the protocol overrides.
+        self._network: dict[tuple[ConnTuple, bool, frozenset[str]], bytes] = {}
 
-    def encode(self, ex: Exchange, desc: SpanDescription) -> bytes:
-        """The Span message of `ex`; `desc` is its protocol description, shared with the metrics."""
+    @staticmethod
+    def template(desc: SpanDescription, sizes: tuple[str | None, str | None]) -> SpanTemplate:
+        """The encoded part of a description, for every span of its shape."""
+        attrs = desc.attributes
+        error = key_value(9, "error.type", desc.error_type) if desc.error_type is not None else b""
+        return SpanTemplate(span_name(desc.name), b"".join(key_value(9, k, v) for k, v in attrs.items()), sizes,
+                            NETWORK_KEYS.intersection(attrs), error)
+
+    def encode(self, ex: Exchange, t: SpanTemplate) -> bytes:
+        """The Span message of `ex`, whose shape's template is `t`."""
         ctx = ex.context
+        assert ctx is not None
         offset = self._clock.offset
-        server = ex.kind is SpanKind.SERVER  # not a dict of kinds: hashing an Enum runs Python code
+        server = ex.kind is _SERVER  # not a dict of kinds: hashing an Enum runs Python code
+        request, response = ex.request, ex.response
+        attrs = t.attributes
+        req_size, resp_size = t.sizes
+        if req_size is not None and request.size:
+            attrs += self._attributes.get(req_size, request.size)
+        if resp_size is not None and response is not None and response.size:
+            attrs += self._attributes.get(resp_size, response.size)
+        network = self._network.get((ex.conn, server, t.own_network))
+        if network is None:
+            network = self._network_attributes(ex, server, t.own_network)
+        end = response.end_ns if response is not None else request.end_ns
         return encode_span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
                            FLAGS_REMOTE_PARENT if ctx.parent_remote else FLAGS_LOCAL_PARENT,
-                           self._name(desc.name), KIND_SERVER if server else KIND_CLIENT,
-                           ex.start_ns + offset, ex.end_ns + offset, self._span_attributes(ex, desc, server),
-                           desc.error_type is not None)
+                           t.name, KIND_SERVER if server else KIND_CLIENT,
+                           request.start_ns + offset, end + offset, attrs + network + t.error, bool(t.error))
 
-    def _name(self, name: str) -> bytes:
-        encoded = self._names.get(name)
-        if encoded is None:
-            if len(self._names) >= CACHE_LIMIT:
-                self._names.clear()
-            encoded = self._names[name] = span_name(name)
-        return encoded
-
-    def _span_attributes(self, ex: Exchange, desc: SpanDescription, server: bool) -> bytes:
-        attrs = desc.attributes
-        keys, block, each = self._network_attributes(ex, server)
-        # The protocol's own value wins (a client's server.address is its Host header).
-        network = block if keys.isdisjoint(attrs) else b"".join([kv for key, kv in each if key not in attrs])
-        error = self._attributes.get("error.type", desc.error_type) if desc.error_type is not None else b""
-        return self._attributes.encode(attrs) + network + error
-
-    def _network_attributes(self, ex: Exchange, server: bool) -> _Network:
-        cache_key = (ex.conn, server)
-        network = self._network.get(cache_key)
-        if network is None:
-            if len(self._network) >= CACHE_LIMIT:
-                self._network.clear()
-            get = self._attributes.get
-            each = tuple((k, get(k, v)) for k, v in network_attributes(ex).items())
-            network = self._network[cache_key] = _Network(frozenset(k for k, _ in each),
-                                                          b"".join(kv for _, kv in each), each)
-        return network
+    def _network_attributes(self, ex: Exchange, server: bool, own: frozenset[str]) -> bytes:
+        if len(self._network) >= CACHE_LIMIT:
+            self._network.clear()
+        get = self._attributes.get
+        block = self._network[(ex.conn, server, own)] = b"".join(
+            get(k, v) for k, v in network_attributes(ex).items() if k not in own)
+        return block

@@ -2,8 +2,9 @@
 
 The queue holds encoded spans (SpanItem: two byte strings), not SDK span objects; a worker
 thread per destination exports them in batches with the OTel batch span processor's settings
-(OTEL_BSP_*). Every span is counted once: queued, then exported or failed; or dropped when
-its queue is full or shut down. Unsampled exchanges never get here.
+(OTEL_BSP_*). Every span is counted once: queued, then exported, failed, or abandoned when the
+shutdown deadline comes first; or dropped when its queue is full or shut down. Unsampled
+exchanges never get here.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from ..protocols.base import SpanDescription
 from ..tracker.exchange import Exchange
 from .otlp_encode import SpanItem, encode_request, encode_resource
 from .printers import PrintSink
-from .spans import Clock, SpanEncoder
+from .spans import Clock, SpanEncoder, SpanTemplate
 
 log = structlog.get_logger()
 
 PRINTER_DELAY_SECONDS = 0.2  # someone is watching stdout: print soon, whatever OTEL_BSP_SCHEDULE_DELAY says
+# How long an export aborted at the shutdown deadline (its gRPC channel closed) may take to return.
+ABORT_GRACE_SECONDS = 0.5
 
 
 @dataclass(slots=True)
 class ExportStats:
-    """Each field has one writer: the hot path (queued, dropped) or the export lock's holder."""
+    """Each field has one writer: the hot path (queued, dropped), the worker (exported, failed) or
+    shutdown() (abandoned)."""
 
     queued: int = 0
     exported: int = 0
     failed: int = 0
     dropped: int = 0  # not queued: queue full, or exporter shut down
+    abandoned: int = 0  # queued, but still queued or being exported when the shutdown deadline came
 
 
 class SpanSink(Protocol):
@@ -71,8 +76,8 @@ class BatchQueue:
         self._delay = settings.schedule_delay
         self._queue: deque[SpanItem] = deque()  # append/popleft are atomic: no lock on the hot path
         self._wake = threading.Event()
-        self._export_lock = threading.Lock()  # one export at a time: worker or flush()
         self._closed = False
+        self._aborted = False  # the shutdown deadline passed: export nothing more
         self._worker = threading.Thread(target=self._run, name=f"span-export-{name}", daemon=True)
         self._worker.start()
 
@@ -92,22 +97,12 @@ class BatchQueue:
             self._wake.clear()
             if not self._closed:  # woken by a full batch: send full ones, the rest waits for the delay
                 self._export(full_batches_only=full)
-        self._export()  # what was queued before shutdown()
+        self._export()  # what was queued before close()
 
-    def _export(self, full_batches_only: bool = False, deadline: float | None = None) -> bool:
-        """Export what is queued, in batches; False if `deadline` (monotonic) came first."""
-        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._export_lock.acquire(timeout=wait):
-            return False
-        try:
-            queue, size = self._queue, self._max_batch_size
-            while queue and (len(queue) >= size or not full_batches_only):
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-                self._deliver([queue.popleft() for _ in range(min(size, len(queue)))])
-            return True
-        finally:
-            self._export_lock.release()
+    def _export(self, full_batches_only: bool = False) -> None:
+        queue, size = self._queue, self._max_batch_size
+        while queue and (len(queue) >= size or not full_batches_only) and not self._aborted:
+            self._deliver([queue.popleft() for _ in range(min(size, len(queue)))])
 
     def _deliver(self, batch: list[SpanItem]) -> None:
         try:
@@ -117,21 +112,27 @@ class BatchQueue:
             ok = False
         if ok:
             self.stats.exported += len(batch)
-        else:
+        elif not self._aborted:  # else cut short at the deadline: shutdown() counts it abandoned
             self.stats.failed += len(batch)
 
-    def flush(self, timeout: float) -> bool:
-        """Export everything queued now, from the caller's thread; False if `timeout` ran out."""
-        return self._export(deadline=time.monotonic() + timeout)
-
-    def shutdown(self, timeout: float) -> None:
-        """Refuse new spans, export the queued ones (within `timeout`), stop the sink."""
+    def close(self) -> None:
+        """Refuse new spans; the worker exports the queued ones now."""
         self._closed = True
         self._wake.set()
-        self._worker.join(timeout)
-        self._sink.shutdown()  # also aborts the retries of an export still running
-        if self._queue:
-            log.warning("spans not exported at shutdown", exporter=self.name, spans=len(self._queue))
+
+    def shutdown(self, deadline: float) -> int:
+        """Close, let the worker export until `deadline` (time.monotonic()), then abort its export
+        and stop the sink. Returns the spans abandoned."""
+        self.close()
+        self._worker.join(max(0.0, deadline - time.monotonic()))
+        self._aborted = self._worker.is_alive()
+        self._sink.shutdown()  # closes the gRPC channel: the export in flight fails now, retries stop
+        self._worker.join(ABORT_GRACE_SECONDS)
+        s = self.stats
+        # Whatever is neither delivered nor failed: still queued, or in the export cut short (even
+        # one whose sink ignored the abort).
+        s.abandoned = s.queued - s.exported - s.failed
+        return s.abandoned
 
 
 def _otlp(endpoint: str, timeout: float) -> SpanSink:
@@ -211,18 +212,23 @@ class TraceExport:
         """A process's resource, encoded once; pass it to every submit() of its spans."""
         return encode_resource(resource.attributes)
 
-    def submit(self, ex: Exchange, desc: SpanDescription, resource: bytes) -> None:
-        """Queue the span of a sampled exchange on every destination."""
-        if not self._queues:
-            return
-        item = SpanItem(resource, self._encoder.encode(ex, desc))
+    @property
+    def enabled(self) -> bool:
+        """Does any destination take spans? (If not, exchanges need no trace context.)"""
+        return bool(self._queues)
+
+    def template(self, desc: SpanDescription, sizes: tuple[str | None, str | None]) -> SpanTemplate:
+        return self._encoder.template(desc, sizes)
+
+    def submit(self, ex: Exchange, template: SpanTemplate, resource: bytes) -> None:
+        """Queue the span of a sampled exchange, of the shape `template` encodes, on every destination."""
+        item = (resource, self._encoder.encode(ex, template))
         for queue in self._queues:
             queue.put(item)
 
-    def flush(self, timeout: float = 5.0) -> None:
+    def shutdown(self, deadline: float) -> dict[str, int]:
+        """Export what is queued until `deadline` (time.monotonic()), every destination at once;
+        the spans abandoned, by destination."""
         for queue in self._queues:
-            queue.flush(timeout)
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        for queue in self._queues:
-            queue.shutdown(timeout)
+            queue.close()  # all final exports run together, each within the same deadline
+        return {queue.name: queue.shutdown(deadline) for queue in self._queues}

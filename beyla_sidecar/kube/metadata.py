@@ -26,3 +26,11 @@ def k8s_attributes(cfg: Config) -> dict[str, str]:
     if cfg.k8s_namespace and cfg.k8s_pod_name and attrs["k8s.container.name"]:
         attrs["service.instance.id"] = f"{cfg.k8s_namespace}.{cfg.k8s_pod_name}.{attrs['k8s.container.name']}"
     return {k: v for k, v in attrs.items() if v}
+
+
+def owner_name(cfg: Config) -> str:
+    """The pod's controller as the webhook names it (injection.OWNER_ORDER): its Deployment (the
+    ReplicaSet's name minus the pod-template-hash), ReplicaSet, StatefulSet, DaemonSet, CronJob or Job."""
+    owners = (cfg.k8s_deployment_name, cfg.k8s_replicaset_name, cfg.k8s_statefulset_name,
+              cfg.k8s_daemonset_name, cfg.k8s_cronjob_name, cfg.k8s_job_name)
+    return next((name for name in owners if name), "")

@@ -6,17 +6,24 @@ its response, with exact sizes and times), parses each record into a request and
 describes a finished pair as a span, and says which metric instruments it records, with which
 values and attributes (protocols/instruments.py). The tracker and the exporters only ever see
 these types.
+
+Descriptions are computed once per shape: what describe() reads of a message (HTTP's method,
+path, Host, status...) is its `shape`, and exchanges of equal shapes, kind and TLS share one
+description, span template and metric series (export/shapes.py). So describe() and
+metric_attributes() must not read times or sizes; those are per exchange (`size_attributes`,
+metric_values()).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
 from ..bpf.events import ConnTuple, ExchangeRecord
-from .instruments import InstrumentSet, Measurement
+from .instruments import AttributeValue, InstrumentSet
 
 
 class SpanKind(Enum):
@@ -38,6 +45,12 @@ class Message:
     size: int = 0
     header_size: int = 0
     traceparent: str | None = None
+
+    @property
+    def shape(self) -> Hashable:
+        """What describe() reads of this message, equal for messages described alike; None:
+        unknown (described one by one). A protocol's message class gives it as a field."""
+        return None
 
 
 @dataclass(slots=True)
@@ -61,6 +74,9 @@ class Protocol(ABC):
     """One application protocol (HTTP/1.x, ...)."""
 
     name: str
+    # The span attributes holding the request's and the response's `size`, set when non-zero by
+    # the span encoder (sizes differ from one exchange to the next; a description does not).
+    size_attributes: tuple[str | None, str | None] = (None, None)
 
     @abstractmethod
     def detect(self, request: bytes, response: bytes) -> bool:
@@ -85,23 +101,29 @@ class Protocol(ABC):
     @abstractmethod
     def describe(self, request: Message, response: Message | None, kind: SpanKind,
                  with_query: bool, *, route: str | None = None, tls: bool = False) -> SpanDescription:
-        """Span name, semantic-convention attributes and error for one exchange.
+        """Span name, semantic-convention attributes and error for exchanges of this shape.
 
-        `response` is None when the connection closed before a response came; `route` is
-        the low-cardinality template of `path(request)` (tracker/routes.py), if any; `tls`
-        says the exchange went over TLS (seen as plaintext by the TLS library probes).
+        Reads only what the messages' `shape` stands for (never times or sizes); `response` is
+        None when the connection closed before a response came; `route` is the low-cardinality
+        template of `path(request)` (tracker/routes.py), if any; `tls` says the exchange went
+        over TLS (seen as plaintext by the TLS library probes).
         """
 
     def instruments(self, kind: SpanKind) -> InstrumentSet | None:
         """The histograms exchanges of `kind` record; None: no metrics (the default)."""
         return None
 
-    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
-                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement | None:
-        """What one exchange records in `instruments(kind)`; None: nothing.
+    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
+                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
+        """Which of `instruments(kind)` exchanges of this description record, with the attribute
+        values in the order the set names them (None for an absent one); None: nothing.
 
-        `desc` is the exchange's description (the same its span gets), `route` as for describe,
-        `extra` the attributes the user opted in to (BEYLA_METRICS_EXTRA_ATTRIBUTES). Runs for
-        every exchange: keep it cheap.
+        `desc` is the description their spans get, `route` as for describe, `extra` the attributes
+        the user opted in to (BEYLA_METRICS_EXTRA_ATTRIBUTES). Computed once per shape and connection.
         """
         return None
+
+    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
+        """One exchange's value for each instrument of its set (None: none). Runs for every
+        exchange: keep it cheap."""
+        return ()

@@ -22,13 +22,13 @@ only on opt-in: both are unbounded).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..bpf.events import ConnTuple, ExchangeRecord
 from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import DURATION_BOUNDS, SIZE_BOUNDS, Instrument, InstrumentSet, Measurement
+from .instruments import DURATION_BOUNDS, SIZE_BOUNDS, AttributeValue, Instrument, InstrumentSet
 
 MAX_METHOD = 24
 
@@ -63,12 +63,14 @@ class HttpRequest(Message):
     query: str = ""  # without the '?', '' when none
     version: str = ""  # "1.1" or "1.0"
     host: str | None = None  # Host header (or absolute-form authority), port included
+    shape: Hashable = field(default=None, compare=False)  # (method, path, query, version, host)
 
 
 @dataclass(slots=True)
 class HttpResponse(Message):
     status_code: int = 0
     version: str = ""
+    shape: Hashable = field(default=None, compare=False)  # (status_code, version)
 
 
 def _head_end(b: bytes) -> int:
@@ -165,11 +167,11 @@ def _first_line_end(b: bytes) -> int:
     return _line_end(b, 0, nl) if nl >= 0 else len(b)
 
 
-# What a request prefix says: method, path, query, version, host, traceparent (or None
-# when not in the prefix), head length found in the prefix (0: not there).
-RequestFields = tuple[str, str, str, str, "str | None", "str | None", int]
-# What a response prefix says: status, version, head length found in the prefix.
-ResponseFields = tuple[int, str, int]
+# What a request prefix says: its shape (method, path, query, version, host), the traceparent
+# (None when not in the prefix) and the head length found in the prefix (0: not there).
+RequestFields = tuple[tuple[str, str, str, str, "str | None"], "str | None", int]
+# What a response prefix says: its shape (status, version) and the head length found in the prefix.
+ResponseFields = tuple[tuple[int, str], int]
 
 
 def request_fields(b: bytes) -> RequestFields | None:
@@ -189,7 +191,7 @@ def request_fields(b: bytes) -> RequestFields | None:
     host = host_b.decode("utf-8", "replace") if host_b else authority
     if host is None and method == "CONNECT":
         host = path
-    return method, path, query, version, host, _traceparent(_header(low, b"\ntraceparent:")), head
+    return (method, path, query, version, host), _traceparent(_header(low, b"\ntraceparent:")), head
 
 
 def response_fields(b: bytes) -> ResponseFields | None:
@@ -197,7 +199,7 @@ def response_fields(b: bytes) -> ResponseFields | None:
     parts = _status_line(b, 0, _first_line_end(b))
     if parts is None:
         return None
-    return parts[0], parts[1], _head_end(b)
+    return parts, _head_end(b)
 
 
 def content_length(b: bytes, head: int) -> int | None:
@@ -217,13 +219,14 @@ def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> H
         fields = request_fields(rec.request)
         if fields is None:
             return None
-    method, path, query, version, host, traceparent, head = fields
+    shape, traceparent, head = fields
+    method, path, query, version, host = shape
     head = rec.req_head or head
     if traceparent is None and rec.traceparent[:len(_TRACEPARENT_NAME)].lower() == _TRACEPARENT_NAME:
         traceparent = _traceparent(rec.traceparent[len(_TRACEPARENT_NAME):].partition(b"\n")[0].strip().lower())
     size = rec.req_bytes - head if head else 0
     return HttpRequest(True, rec.req_start_ns, rec.req_end_ns, size, head, traceparent,
-                       method, path, query, version, host)
+                       method, path, query, version, host, shape)
 
 
 def parse_response(rec: ExchangeRecord, fields: ResponseFields | None = None) -> HttpResponse | None:
@@ -232,10 +235,10 @@ def parse_response(rec: ExchangeRecord, fields: ResponseFields | None = None) ->
         fields = response_fields(rec.response)
         if fields is None:
             return None
-    status, version, head = fields
+    shape, head = fields
     head = rec.resp_head or head
     size = rec.resp_bytes - head if head else 0
-    return HttpResponse(False, rec.resp_start_ns, rec.resp_end_ns, size, head, None, status, version)
+    return HttpResponse(False, rec.resp_start_ns, rec.resp_end_ns, size, head, None, shape[0], shape[1], shape)
 
 
 def span_name(method: str, route: str | None) -> str:
@@ -271,6 +274,7 @@ class HTTP1(Protocol):
     """HTTP/1.0 and HTTP/1.1, over plain TCP or TLS (plaintext from the TLS library probes)."""
 
     name = "http"
+    size_attributes = ("http.request.body.size", "http.response.body.size")
 
     def __init__(self) -> None:
         # Prefix -> what it says: clients repeat the same requests (and servers the same
@@ -304,9 +308,9 @@ class HTTP1(Protocol):
         cannot be told from a prefix: quiet means finished."""
         request = _cached(self._requests, rec.request, request_fields)
         response = _cached(self._responses, rec.response, response_fields)
-        if request is None or response is None or request[0] == "HEAD":
+        if request is None or response is None or request[0][0] == "HEAD":
             return True
-        status, _, prefix_head = response
+        (status, _), prefix_head = response
         head = rec.resp_head or prefix_head
         length = content_length(rec.response, prefix_head)
         if not head or length is None or status < 200 or status in NO_BODY_STATUS:
@@ -323,7 +327,8 @@ class HTTP1(Protocol):
         Unknown methods are `_OTHER` (original in `http.request.method_original`) and
         name the span `HTTP <route>`. Errors: 5xx on SERVER, 4xx and 5xx on CLIENT give
         `error.type` = the status code; no response at all gives `incomplete`.
-        Body sizes are wire bytes after the head (see the module doc), when non-zero.
+        Body sizes (`size_attributes`, wire bytes after the head, see the module doc) are set
+        per exchange by the span encoder.
         """
         method = getattr(request, "method", "") or "_OTHER"
         path = getattr(request, "path", "") or "/"
@@ -341,8 +346,6 @@ class HTTP1(Protocol):
             attrs["url.query"] = query
         attrs["url.scheme"] = "https" if tls else "http"
         attrs["network.protocol.version"] = getattr(request, "version", "") or "1.1"
-        if request.size:
-            attrs["http.request.body.size"] = request.size
         host = getattr(request, "host", None)
         if kind is SpanKind.CLIENT and host:
             address = _host_only(host)
@@ -354,8 +357,6 @@ class HTTP1(Protocol):
         else:
             status = getattr(response, "status_code", 0)
             attrs["http.response.status_code"] = status
-            if response.size:
-                attrs["http.response.body.size"] = response.size
             if status >= 500 or (status >= 400 and kind is SpanKind.CLIENT):
                 error_type = str(status)
         return SpanDescription(span_name(method, route), attrs, error_type)
@@ -363,22 +364,20 @@ class HTTP1(Protocol):
     def instruments(self, kind: SpanKind) -> InstrumentSet:
         return SERVER_METRICS if kind is SpanKind.SERVER else CLIENT_METRICS
 
-    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
-                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement:
-        """Duration, request and response body size (none without a response).
-
-        Client metrics without a Host header name the server by the connection's address.
-        """
+    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
+                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]]:
+        """Client metrics without a Host header name the server by the connection's address."""
         a = desc.attributes
         method, status = a.get("http.request.method"), a.get("http.response.status_code")
         path = a.get("url.path") if "url.path" in extra else None
-        if response is None:
-            end, response_size = request.end_ns, None
-        else:
-            end, response_size = response.end_ns, response.size
-        values = ((end - request.start_ns) / 1e9, request.size, response_size)
         if kind is _SERVER:
             client = conn.remote_addr if "client.address" in extra else None
-            return SERVER_METRICS, (method, status, route, desc.error_type, path, client), values
+            return SERVER_METRICS, (method, status, route, desc.error_type, path, client)
         return CLIENT_METRICS, (method, status, route, desc.error_type,
-                                a.get("server.address") or conn.remote_addr, conn.remote_port, path), values
+                                a.get("server.address") or conn.remote_addr, conn.remote_port, path)
+
+    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
+        """Duration, request and response body size (none without a response)."""
+        if response is None:
+            return (request.end_ns - request.start_ns) / 1e9, request.size, None
+        return (response.end_ns - request.start_ns) / 1e9, request.size, response.size

@@ -1,9 +1,9 @@
 """Metric instruments, as a protocol declares them, and what one exchange records in them.
 
 A protocol declares, per span kind, an `InstrumentSet`: histograms that always share one
-attribute set (HTTP's duration and body sizes do, as would gRPC's or a database's). For each
-exchange it returns a `Measurement`: the attribute values in the order the set names them,
-and one value per instrument. export/metrics.py aggregates measurements knowing no protocol.
+attribute set (HTTP's duration and body sizes do, as would gRPC's or a database's). It names
+the attribute values of exchanges of one shape (in the order the set names them), and each
+exchange's values (one per instrument). export/metrics.py aggregates them knowing no protocol.
 """
 
 from __future__ import annotations
@@ -37,8 +37,3 @@ class InstrumentSet:
     instruments: tuple[Instrument, ...]
     attributes: tuple[str, ...]
 
-
-# What one exchange records: (one of its protocol's sets, the attribute values in the order the
-# set names them with None for an absent one, one value per instrument with None for none).
-# A plain tuple: building a NamedTuple is one more Python call per exchange.
-Measurement = tuple[InstrumentSet, tuple[AttributeValue | None, ...], tuple[float | None, ...]]

@@ -11,6 +11,8 @@ and gives each exchange its trace identity:
   its parent's (the parent is only sent when its connection's next request begins, it
   closes, or it goes idle), so children wait for their parent up to PARENT_WAIT_NS, then
   go out as roots.
+
+Without any span destination (`traces=False`) exchanges get no trace context at all.
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ class Tracker:
     """Turns connection events and exchange records into `Exchange`s handed to `emit`."""
 
     def __init__(self, protocols: tuple[Protocol, ...], emit: Callable[[Exchange], None],
-                 max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> None:
+                 max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON,
+                 traces: bool = True) -> None:
         self._protocols = protocols
         self._emit = emit
         self._max_connections = max_connections
         self._sampler = sampler
+        self._traces = traces
         self._conns: OrderedDict[int, Connection] = OrderedDict()
         self._swept: dict[int, int] = {}  # sock_id -> req_start_ns of the exchange ended idle
         self._parents: dict[tuple[int, int], TraceContext] = {}  # insertion order: oldest first
@@ -194,6 +198,9 @@ class Tracker:
             return
         if parsed.ends_protocol:
             c.ignored = True
+        if not self._traces:
+            self._finish(c, rec, parsed, None)
+            return
         if c.role is Role.SERVER:
             ctx = server_context(parsed.request.traceparent, self._sampler)
             key = (rec.sock_id, rec.req_start_ns)
@@ -248,7 +255,7 @@ class Tracker:
             # start skip ever more dead slots
             self._parents = dict(list(parents.items())[RECENT_PARENTS:])
 
-    def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext) -> None:
+    def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext | None) -> None:
         assert c.protocol is not None
         kind = SpanKind.SERVER if c.role is Role.SERVER else SpanKind.CLIENT
         self.stats.exchanges += 1

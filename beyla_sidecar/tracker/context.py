@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
+_TUPLE_NEW = tuple.__new__  # a NamedTuple's own __new__ is one more Python call per context
+_LOW_64 = (1 << 64) - 1
+
+
 def new_span_id() -> int:
     while True:
         value = random.getrandbits(64)
@@ -110,6 +114,8 @@ def make_sampler(name: str, ratio: float = 1.0) -> Sampler:
             root = TraceIdRatio(ratio)
         case _:
             raise ValueError(f"unknown sampler {name!r}")
+    if name == "parentbased_always_on":
+        return PARENT_BASED_ALWAYS_ON  # the default, recognised by identity on the hot path
     return ParentBased(root) if base != name else root
 
 
@@ -119,10 +125,9 @@ PARENT_BASED_ALWAYS_ON: Sampler = ParentBased(AlwaysOn())
 
 def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
     """Context of a server span: child of the caller's span when a valid traceparent came in."""
-    incoming = parse_traceparent(traceparent)
+    incoming = parse_traceparent(traceparent) if traceparent is not None else None
     if incoming is None:
-        trace_id = new_trace_id()
-        return TraceContext(trace_id, new_span_id(), sampled=sampler(trace_id, None))
+        return _root(sampler)
     trace_id, parent, parent_sampled = incoming
     return TraceContext(trace_id, new_span_id(), parent, True, sampler(trace_id, parent_sampled))
 
@@ -130,7 +135,16 @@ def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWA
 def client_context(serving: TraceContext | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
     """Context of a client span: child of the server span its thread is serving, if any."""
     if serving is None:
-        trace_id = new_trace_id()
-        return TraceContext(trace_id, new_span_id(), sampled=sampler(trace_id, None))
+        return _root(sampler)
     return TraceContext(serving.trace_id, new_span_id(), serving.span_id, False,
                         sampler(serving.trace_id, serving.sampled))
+
+
+def _root(sampler: Sampler) -> TraceContext:
+    """A new trace: both ids from one draw (random.getrandbits costs more than the bits)."""
+    bits = random.getrandbits(192)
+    trace_id, span_id = bits >> 64, bits & _LOW_64
+    if not trace_id or not span_id:
+        trace_id, span_id = new_trace_id(), new_span_id()
+    sampled = True if sampler is PARENT_BASED_ALWAYS_ON else sampler(trace_id, None)
+    return _TUPLE_NEW(TraceContext, (trace_id, span_id, 0, False, sampled))

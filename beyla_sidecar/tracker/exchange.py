@@ -15,7 +15,7 @@ class Exchange:
     kind: SpanKind
     request: Message
     response: Message | None
-    context: TraceContext
+    context: TraceContext | None  # None: no span destination, no trace identity
     pid: int  # host pid
     tid: int  # host tid
     ns_pid: int

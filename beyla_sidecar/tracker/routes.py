@@ -117,10 +117,14 @@ class Routes:
             known = self._by_service[service] = set()
         if route not in known:
             if len(known) >= self._max:
-                self.overflows[service] = self.overflows.get(service, 0) + 1
+                self.count_overflow(service)
                 return OVERFLOW_ROUTE
             known.add(route)
         return route
+
+    def count_overflow(self, service: str) -> None:
+        """One more request of `service` whose route is OVERFLOW_ROUTE, known from an earlier route()."""
+        self.overflows[service] = self.overflows.get(service, 0) + 1
 
     def _group(self, path: str) -> str:
         for pattern, route in self._patterns:

@@ -103,14 +103,15 @@ class Pod:
 
 
 class Sidecar:
-    """`beyla-sidecar run` inside the pod, printing JSON spans to a file."""
+    """`beyla-sidecar run` inside the pod, printing JSON spans to a file. `wrapper` runs it,
+    e.g. setpriv with a capability set (inside the pod: nsenter itself needs CAP_SYS_ADMIN)."""
 
-    def __init__(self, pod: Pod, env: dict[str, str]) -> None:
+    def __init__(self, pod: Pod, env: dict[str, str], wrapper: tuple[str, ...] = ()) -> None:
         self.pod = pod
         self.out = pod.tmp / "spans.jsonl"
         self.err = pod.tmp / "sidecar.log"
         full_env = {**os.environ, "BEYLA_TRACE_PRINTER": "json", "PYTHONPATH": str(ROOT), **env}
-        self.proc = pod.spawn(SIDECAR, stdout=self.out.open("wb"), stderr=self.err.open("wb"), env=full_env)
+        self.proc = pod.spawn([*wrapper, *SIDECAR], stdout=self.out.open("wb"), stderr=self.err.open("wb"), env=full_env)
         deadline = time.monotonic() + 30
         while b"instrumentation ready" not in self.err.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from beyla_sidecar.export.prometheus import exposition
 from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import Message, Parsed, Protocol, SpanDescription, SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
-from beyla_sidecar.protocols.instruments import DURATION_BOUNDS, Instrument, InstrumentSet, Measurement
+from beyla_sidecar.protocols.instruments import AttributeValue, DURATION_BOUNDS, Instrument, InstrumentSet
 from beyla_sidecar.tracker.context import TraceContext
 from beyla_sidecar.tracker.exchange import Exchange
 
@@ -51,11 +51,12 @@ class Ping(Protocol):
     def instruments(self, kind: SpanKind) -> InstrumentSet | None:
         return PING_METRICS if kind is SpanKind.CLIENT else None
 
-    def measure(self, request: Message, response: Message | None, kind: SpanKind, conn: ConnTuple,
-                desc: SpanDescription, route: str | None, extra: frozenset[str]) -> Measurement | None:
-        if kind is not SpanKind.CLIENT or response is None:
-            return None
-        return PING_METRICS, (desc.attributes["ping.target"],), ((response.end_ns - request.start_ns) / 1e9,)
+    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
+                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
+        return (PING_METRICS, (desc.attributes["ping.target"],)) if kind is SpanKind.CLIENT else None
+
+    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
+        return ((response.end_ns - request.start_ns) / 1e9 if response is not None else None,)
 
 
 def ping(kind: SpanKind = SpanKind.CLIENT) -> Exchange:
@@ -64,7 +65,11 @@ def ping(kind: SpanKind = SpanKind.CLIENT) -> Exchange:
 
 
 def record(sm, ex: Exchange, route: str | None = "/users/{id}") -> None:
-    sm.record(ex, ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route), route)
+    """What the pipeline does for an exchange (export/shapes.py keeps the series per shape)."""
+    desc = ex.protocol.describe(ex.request, ex.response, ex.kind, False, route=route)
+    m = ex.protocol.metric_attributes(ex.kind, ex.conn, desc, route, sm.extra)
+    if m is not None:
+        sm.add(sm.series(*m), ex.protocol.metric_values(ex.request, ex.response))
 
 
 def points(metrics: Metrics, name: str) -> list:

@@ -9,7 +9,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from beyla_sidecar import __version__
 from beyla_sidecar.export.otlp_encode import (
-    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, SpanItem,
+    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache,
     encode_request, encode_resource, encode_span, span_name,
 )
 
@@ -46,9 +46,9 @@ def official_span(i: int, kind: int = KIND_SERVER, parent: int = 0, remote: bool
 
 def test_request_groups_spans_by_resource_in_order() -> None:
     shop, cart = encode_resource(SHOP), encode_resource(CART)
-    items = [SpanItem(shop, our_span(0)), SpanItem(cart, our_span(1, KIND_CLIENT, parent=0x99)),
-             SpanItem(shop, our_span(2, parent=0x77, remote=True, error=True)),
-             SpanItem(encode_resource(SHOP), our_span(3, KIND_CLIENT))]  # equal bytes: the same resource
+    items = [(shop, our_span(0)), (cart, our_span(1, KIND_CLIENT, parent=0x99)),
+             (shop, our_span(2, parent=0x77, remote=True, error=True)),
+             (encode_resource(SHOP), our_span(3, KIND_CLIENT))]  # equal bytes: the same resource
     scope = InstrumentationScope(name="beyla-sidecar", version=__version__)
     expected = ExportTraceServiceRequest(resource_spans=[
         ResourceSpans(resource=Resource(attributes=kvs(SHOP)), scope_spans=[ScopeSpans(scope=scope, spans=[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 
 from beyla_sidecar.export.metrics import Metrics, to_metrics_data
@@ -13,6 +14,7 @@ from beyla_sidecar.protocols import all_protocols
 from ..e2e.otlp_metrics_receiver import MetricsReceiver
 from ..e2e.pod import free_port
 from .test_metrics import exchange, record
+from .test_traces import DEADLINE, MARGIN, refused, stalled
 
 KEY = ("shop", "http.server.request.duration",
        (("http.request.method", "GET"), ("http.response.status_code", 200), ("http.route", "/users/{id}")))
@@ -46,9 +48,7 @@ def test_push_fails_while_down_then_delivers_everything() -> None:
             assert push.failures == failures
             assert receiver.resources()[0]["service.name"] == "shop"
     finally:
-        started = time.monotonic()
-        push.stop()
-        assert time.monotonic() - started < 8  # a dead collector cannot hold up shutdown
+        push.stop(time.monotonic() + 5)
 
 
 def test_final_export_on_stop() -> None:
@@ -59,5 +59,21 @@ def test_final_export_on_stop() -> None:
                           endpoint=f"http://127.0.0.1:{receiver.port}")
         push.start()
         record(sm, exchange())
-        push.stop()
-        assert receiver.counts().get(KEY) == 1 and push.failures == 0
+        assert push.stop(time.monotonic() + 5) == 0
+        assert receiver.counts().get(KEY) == 1
+        assert (push.exports, push.failures, push.abandoned) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("collector", [stalled, refused], ids=["stalled", "refused"])
+def test_stop_abandons_the_final_export_at_the_deadline(collector) -> None:
+    m = Metrics(all_protocols())
+    record(m.service("shop", Resource({"service.name": "shop"})), exchange())
+    with collector() as port:
+        # OTEL_METRIC_EXPORT_TIMEOUT's default: the export and its retries would go on for 30 s
+        push = MetricPush(lambda: to_metrics_data(m.snapshot()), interval=3600, timeout=30,
+                          endpoint=f"http://127.0.0.1:{port}")
+        push.start()
+        started = time.monotonic()
+        assert push.stop(started + DEADLINE) == 1
+        assert DEADLINE <= time.monotonic() - started < DEADLINE + MARGIN
+        assert (push.exports, push.failures, push.abandoned) == (1, 0, 1)

@@ -7,16 +7,15 @@ import json
 
 from beyla_sidecar.export.otlp_encode import SpanItem, encode_resource
 from beyla_sidecar.export.printers import PrintSink
-from beyla_sidecar.export.spans import SpanEncoder
 from beyla_sidecar.protocols.base import SpanDescription, SpanKind
 
-from .test_spans import SERVER_DESC, TRACE_ID, WALL_OFFSET, FixedClock, exchange
+from .test_spans import SERVER_DESC, TRACE_ID, WALL_OFFSET, encode, exchange
 
 RESOURCE = encode_resource({"service.name": "shop", "process.pid": 17})
 
 
 def item(kind: SpanKind, desc: SpanDescription, parent: int = 0) -> SpanItem:
-    return SpanItem(RESOURCE, SpanEncoder(FixedClock()).encode(exchange(kind, parent=parent), desc))
+    return (RESOURCE, encode(exchange(kind, parent=parent), desc))
 
 
 def test_json_printer_line() -> None:
@@ -28,7 +27,8 @@ def test_json_printer_line() -> None:
         "parent_span_id": "", "start_time_unix_nano": WALL_OFFSET + 5_000, "end_time_unix_nano": WALL_OFFSET + 9_000,
         "status": "UNSET",
         "attributes": {"http.request.method": "GET", "url.path": "/users/1", "http.route": "/users/{id}",
-                       "http.response.status_code": 200, "network.peer.address": "10.0.0.2",
+                       "http.response.status_code": 200, "http.response.body.size": 12,
+                       "network.peer.address": "10.0.0.2",
                        "network.peer.port": 40000, "network.transport": "tcp", "server.address": "10.0.0.1",
                        "server.port": 8080, "client.address": "10.0.0.2", "client.port": 40000},
         "resource": {"service.name": "shop", "process.pid": 17},

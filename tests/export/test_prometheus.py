@@ -36,7 +36,8 @@ def page() -> str:
     record(sm, exchange(duration_ns=20_000_000))
     record(sm, exchange(duration_ns=300_000_000))
     return exposition(m.snapshot(), selfmetrics.families(selfmetrics.SelfStats(
-        events_read=10, parse_failures={"http": 2}, spans_dropped={"otlp": 3}), psutil.Process()))
+        events_read=10, parse_failures={"http": 2}, spans_dropped={"otlp": 3}, spans_abandoned={"otlp": 4},
+        metric_exports_abandoned=1), psutil.Process()))
 
 
 def lines(text: str, prefix: str) -> list[str]:
@@ -73,6 +74,8 @@ def test_target_info_and_self_metrics() -> None:
     assert "beyla_sidecar_events_read_total 10" in text
     assert 'beyla_sidecar_parse_failures_total{protocol="http"} 2' in text
     assert 'beyla_sidecar_spans_dropped_total{exporter="otlp"} 3' in text
+    assert 'beyla_sidecar_spans_abandoned_total{exporter="otlp"} 4' in text
+    assert "beyla_sidecar_metric_exports_abandoned_total 1" in text
     assert "# TYPE beyla_sidecar_resident_memory_bytes gauge" in text
     [rss] = lines(text, "beyla_sidecar_resident_memory_bytes ")
     assert int(rss.split()[1]) > 1_000_000

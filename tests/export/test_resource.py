@@ -3,8 +3,8 @@ from beyla_sidecar.discover.processes import ProcessInfo
 from beyla_sidecar.export.resource import ResourceFactory, parse_resource_attributes
 
 
-def proc(service: str = "") -> ProcessInfo:
-    return ProcessInfo(pid=42, executable_name="nginx", command_line="nginx -g daemon off;",
+def proc(service: str = "", app: str = "") -> ProcessInfo:
+    return ProcessInfo(pid=42, executable_name="nginx", command_line="nginx -g daemon off;", app_name=app,
                        service_name=service, create_time=1.0)
 
 
@@ -14,16 +14,29 @@ def test_parse_resource_attributes() -> None:
 
 def test_service_name_order() -> None:
     env = {"BEYLA_SERVICE_NAME": "beyla", "OTEL_SERVICE_NAME": "otel",
-           "OTEL_RESOURCE_ATTRIBUTES": "service.name=attr"}
+           "OTEL_RESOURCE_ATTRIBUTES": "service.name=attr", "BEYLA_K8S_DEPLOYMENT_NAME": "shop"}
     f = ResourceFactory(load(Config, env))
-    assert f.service_name(proc("own")) == "own"
-    assert f.service_name(proc()) == "beyla"
+    assert f.service_name(proc("own", app="app")) == "own"
+    assert f.service_name(proc(app="app")) == "beyla"
     env.pop("BEYLA_SERVICE_NAME")
-    assert ResourceFactory(load(Config, env)).service_name(proc()) == "otel"
+    assert ResourceFactory(load(Config, env)).service_name(proc(app="app")) == "otel"
     env.pop("OTEL_SERVICE_NAME")
-    assert ResourceFactory(load(Config, env)).service_name(proc()) == "attr"
-    assert ResourceFactory(load(Config, {})).service_name(proc()) == "nginx"
-    assert ResourceFactory(load(Config, {})).service_name(None) == "unknown_service"
+    assert ResourceFactory(load(Config, env)).service_name(proc(app="app")) == "attr"
+    env.pop("OTEL_RESOURCE_ATTRIBUTES")
+    assert ResourceFactory(load(Config, env)).service_name(proc(app="app")) == "shop"
+    f = ResourceFactory(load(Config, {}))
+    assert f.service_name(proc(app="app")) == "app"
+    assert f.service_name(proc()) == "nginx"
+    assert f.service_name(None) == "unknown_service"
+
+
+def test_owner_order() -> None:
+    owners = [("BEYLA_K8S_DEPLOYMENT_NAME", "shop"), ("BEYLA_K8S_REPLICASET_NAME", "shop-7c9f8d6b5"),
+              ("BEYLA_K8S_STATEFULSET_NAME", "db"), ("BEYLA_K8S_DAEMONSET_NAME", "agent"),
+              ("BEYLA_K8S_CRONJOB_NAME", "report"), ("BEYLA_K8S_JOB_NAME", "report-28394011")]
+    for i, (var, name) in enumerate(owners):  # each wins over those after it
+        f = ResourceFactory(load(Config, dict(owners[i:])))
+        assert (f.service_name(proc(app="app")), f.service_name(None)) == (name, name), var
 
 
 def test_resource_attributes() -> None:
@@ -34,7 +47,7 @@ def test_resource_attributes() -> None:
         "BEYLA_SERVICE_VERSION": "1.2.3",
     })
     attrs = dict(ResourceFactory(cfg).create(42, proc()).attributes)
-    assert attrs["service.name"] == "nginx" and attrs["service.version"] == "1.2.3"
+    assert attrs["service.name"] == "web" and attrs["service.version"] == "1.2.3"  # the StatefulSet
     assert attrs["process.pid"] == 42 and attrs["process.executable.name"] == "nginx"
     assert "process.command_line" not in attrs  # command lines carry secrets: opt-in only
     with_cmd = load(Config, {"BEYLA_INCLUDE_COMMAND_LINE": "true"})

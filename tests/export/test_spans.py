@@ -1,4 +1,4 @@
-"""Exchange + SpanDescription -> OTLP Span bytes, read back with the official protobuf classes."""
+"""Exchange + its shape's SpanDescription -> OTLP Span bytes, read back with the official protobuf classes."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def exchange(kind: SpanKind, parent: int = 0, remote: bool = False, response: bo
     return Exchange(HTTP1(), kind, req, resp, ctx, 100, 101, 17, conn)
 
 
+def encode(ex: Exchange, desc: SpanDescription, encoder: SpanEncoder | None = None) -> bytes:
+    encoder = encoder or SpanEncoder(FixedClock())
+    return encoder.encode(ex, encoder.template(desc, ex.protocol.size_attributes))
+
+
 def decode(ex: Exchange, desc: SpanDescription, encoder: SpanEncoder | None = None) -> Span:
-    return Span.FromString((encoder or SpanEncoder(FixedClock())).encode(ex, desc))
+    return Span.FromString(encode(ex, desc, encoder))
 
 
 def kv(key: str, value: str | int | float | bool) -> KeyValue:
@@ -48,7 +53,7 @@ def test_server_span_every_field() -> None:
         kind=Span.SPAN_KIND_SERVER,
         start_time_unix_nano=WALL_OFFSET + 5_000, end_time_unix_nano=WALL_OFFSET + 9_000,
         attributes=[kv("http.request.method", "GET"), kv("url.path", "/users/1"), kv("http.route", "/users/{id}"),
-                    kv("http.response.status_code", 200),
+                    kv("http.response.status_code", 200), kv("http.response.body.size", 12),
                     kv("network.peer.address", "10.0.0.2"), kv("network.peer.port", 40000),
                     kv("network.transport", "tcp"), kv("server.address", "10.0.0.1"), kv("server.port", 8080),
                     kv("client.address", "10.0.0.2"), kv("client.port", 40000)],
@@ -59,7 +64,7 @@ def test_server_span_every_field() -> None:
     assert span.parent_span_id == b"" and span.trace_state == "" and not span.events and not span.links
     assert span.status.code == Status.STATUS_CODE_UNSET
     # Field for field, byte for byte what the official protobuf writes.
-    assert SpanEncoder(FixedClock()).encode(exchange(SpanKind.SERVER), SERVER_DESC) == expected.SerializeToString()
+    assert encode(exchange(SpanKind.SERVER), SERVER_DESC) == expected.SerializeToString()
 
 
 def test_client_span_with_local_parent_error_and_host() -> None:
@@ -75,7 +80,7 @@ def test_client_span_with_local_parent_error_and_host() -> None:
     assert attrs["server.port"].int_value == 40000 and attrs["error.type"].string_value == "404"
     assert "client.address" not in attrs and "client.port" not in attrs
     assert list(attrs) == ["http.request.method", "server.address", "http.response.status_code",
-                           "network.peer.address", "network.peer.port", "network.transport", "server.port",
+                           "http.response.body.size", "network.peer.address", "network.peer.port", "network.transport", "server.port",
                            "error.type"]
 
 
@@ -107,3 +112,15 @@ def test_connections_and_kinds_keep_their_own_network_attributes() -> None:
     peers = [({a.key: a.value for a in s.attributes}["network.peer.port"].int_value,
               {a.key for a in s.attributes} >= {"client.address"}) for s in spans]
     assert peers == [(40000, True), (40000, False), (41000, True), (41000, False), (40000, True), (40000, False)]
+
+
+def test_sizes_are_set_per_exchange_when_not_zero() -> None:
+    encoder = SpanEncoder(FixedClock())
+    template = encoder.template(SERVER_DESC, HTTP1.size_attributes)
+    ex = exchange(SpanKind.SERVER)
+    sizes = []
+    for req_size, resp_size in ((0, 12), (3, 0), (7, 4096)):
+        ex.request.size, ex.response.size = req_size, resp_size
+        attrs = {a.key: a.value.int_value for a in Span.FromString(encoder.encode(ex, template)).attributes}
+        sizes.append((attrs.get("http.request.body.size"), attrs.get("http.response.body.size")))
+    assert sizes == [(None, 12), (3, None), (7, 4096)]

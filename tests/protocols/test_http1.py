@@ -14,7 +14,7 @@ from beyla_sidecar.protocols.base import Parsed, SpanKind
 from beyla_sidecar.protocols.http1 import (
     CLIENT_METRICS, HTTP1, SERVER_METRICS, HttpRequest, HttpResponse, parse_request, parse_response, span_name,
 )
-from beyla_sidecar.protocols.instruments import DURATION_BOUNDS, SIZE_BOUNDS, Measurement
+from beyla_sidecar.protocols.instruments import DURATION_BOUNDS, SIZE_BOUNDS, AttributeValue, InstrumentSet
 
 REQ_PREFIX = 256  # BEYLA_REQUEST_CAPTURE_SIZE default
 RESP_PREFIX = 256  # BEYLA_RESPONSE_CAPTURE_SIZE default
@@ -229,8 +229,8 @@ def test_headers_case_insensitive_and_only_needed_ones_kept() -> None:
     m = req(wire)
     assert (m.host, m.traceparent, m.size) == ("store.local", TP, 2)
     assert "s3cr3t" not in repr(m)
-    assert set(HttpRequest.__slots__) == {"method", "path", "query", "version", "host"}
-    assert set(HttpResponse.__slots__) == {"status_code", "version"}
+    assert set(HttpRequest.__slots__) == {"method", "path", "query", "version", "host", "shape"}
+    assert set(HttpResponse.__slots__) == {"status_code", "version", "shape"}
 
 
 def test_host_header_value_is_trimmed_and_ends_at_its_line() -> None:
@@ -446,10 +446,23 @@ def test_describe_server_span() -> None:
         "http.route": "/orders",
         "url.scheme": "http",
         "network.protocol.version": "1.1",
-        "http.request.body.size": 3,
         "http.response.status_code": 201,
-        "http.response.body.size": 12,
     }
+    # sizes differ from one exchange of a shape to the next: the span encoder sets them
+    assert HTTP1.size_attributes == ("http.request.body.size", "http.response.body.size")
+    assert (rq.size, rs.size) == (3, 12)
+
+
+def test_shapes_are_what_describe_reads() -> None:
+    rq, rs = _pair(b"POST /orders?id=7 HTTP/1.1\r\nHost: shop:8080\r\nContent-Length: 3\r\n\r\nabc",
+                   b"HTTP/1.1 201 Created\r\nContent-Length: 12\r\n\r\n{\"id\": \"7\"}\n")
+    assert rq.shape == ("POST", "/orders", "id=7", "1.1", "shop:8080") and rs.shape == (201, "1.1")
+    # another body size and traceparent, the same shape
+    rq2, rs2 = _pair(b"POST /orders?id=7 HTTP/1.1\r\nHost: shop:8080\r\nContent-Length: 5\r\n"
+                     b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\nabcde",
+                     b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+    assert (rq2.shape, rs2.shape) == (rq.shape, rs.shape) and (rq2.size, rs2.size) == (5, 2)
+    assert rq2.traceparent is not None
 
 
 def test_describe_tls_scheme() -> None:
@@ -463,7 +476,6 @@ def test_describe_with_query() -> None:
     d = HTTP1().describe(rq, rs, SpanKind.SERVER, with_query=True)
     assert d.attributes["url.query"] == "q=1&r=2"
     assert "url.query" not in HTTP1().describe(rq, rs, SpanKind.SERVER, False).attributes
-    assert "http.response.body.size" not in d.attributes and "http.request.body.size" not in d.attributes
 
 
 def test_describe_client_span_with_host() -> None:
@@ -478,7 +490,6 @@ def test_describe_client_span_with_host() -> None:
         "network.protocol.version": "1.0",
         "server.address": "api.example.com",
         "http.response.status_code": 200,
-        "http.response.body.size": 2,
     }
     server = HTTP1().describe(rq, rs, SpanKind.SERVER, with_query=True)
     assert "server.address" not in server.attributes
@@ -531,12 +542,12 @@ POST = b"POST /users/7 HTTP/1.1\r\nHost: api.local:81\r\nContent-Length: 3\r\n\r
 
 
 def measure(request: bytes, response: bytes | None, kind: SpanKind, route: str | None = "/users/{id}",
-            extra: frozenset[str] = frozenset()) -> Measurement:
+            extra: frozenset[str] = frozenset()
+            ) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...], tuple[float | None, ...]]:
     rq, rs = _pair(request, response)
     desc = HTTP1().describe(rq, rs, kind, False, route=route)
-    m = HTTP1().measure(rq, rs, kind, CONN, desc, route, extra)
-    assert m is not None
-    return m
+    instruments, key = HTTP1().metric_attributes(kind, CONN, desc, route, extra)
+    return instruments, key, HTTP1().metric_values(rq, rs)
 
 
 def test_metric_instruments() -> None:
