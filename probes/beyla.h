@@ -83,7 +83,7 @@ struct exchange {
 	__u64 req_start_ns;  /* first and last request transfer */
 	__u64 req_end_ns;
 	__u64 resp_start_ns; /* first and last response transfer; 0: no response yet */
-	__u64 resp_end_ns;
+	__u64 resp_end_ns;   /* without a response: when the connection closed (END_CLOSE), else 0 */
 	__u64 req_bytes;     /* exact bytes moved, captured or not */
 	__u64 resp_bytes;
 	__u64 parent_sock;   /* client: the server exchange its thread was serving when the */

@@ -147,9 +147,12 @@ int BPF_PROG(beyla_destroy, struct sock *sk)
 
 		bpf_map_delete_elem(&ssl_socks, &skey);
 	}
+	e.ts_ns = bpf_ktime_get_ns();
+	/* a request never answered ended now: its span lasts as long as the wait */
+	if (st->phase == PHASE_REQUEST)
+		st->rec.resp_end_ns = e.ts_ns;
 	if (st->phase != PHASE_IDLE)
 		emit_exchange(st, END_CLOSE);
-	e.ts_ns = bpf_ktime_get_ns();
 	e.role = st->rec.role;
 	e.pid = st->rec.pid;
 	e.ns_pid = st->rec.ns_pid;

@@ -102,7 +102,7 @@ class ExchangeRecord(NamedTuple):
     req_start_ns: int
     req_end_ns: int
     resp_start_ns: int  # 0: no response
-    resp_end_ns: int
+    resp_end_ns: int  # without a response: when the connection closed (End.CLOSE), else 0
     req_bytes: int  # exact, captured or not
     resp_bytes: int
     parent: tuple[int, int] | None  # client: (sock_id, req_start_ns) of the server exchange being served

@@ -28,7 +28,8 @@ class Clock:
 
 
 def network_attributes(ex: Exchange) -> dict[str, str | int]:
-    """Peer and server endpoint attributes; which side is the server depends on the span kind."""
+    """Peer and server endpoint attributes; which side is the server depends on the span kind.
+    Unknown ones are left out (a TLS library's memory BIO has no socket; an event was lost)."""
     c = ex.conn
     attrs: dict[str, str | int] = {"network.peer.address": c.remote_addr, "network.peer.port": c.remote_port,
                                    "network.transport": "tcp"}
@@ -37,7 +38,7 @@ def network_attributes(ex: Exchange) -> dict[str, str | int]:
                       "client.address": c.remote_addr, "client.port": c.remote_port})
     else:
         attrs.update({"server.address": c.remote_addr, "server.port": c.remote_port})
-    return attrs
+    return {k: v for k, v in attrs.items() if v != "" and v != 0}
 
 
 # The network attributes' keys, both kinds.

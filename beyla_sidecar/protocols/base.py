@@ -36,13 +36,15 @@ class Message:
     """A request or a response, complete (headers and body seen or counted).
 
     start_ns/end_ns are kernel monotonic timestamps of the first and last byte's
-    syscall. `size` counts the body bytes; `header_size` the bytes before it.
+    syscall; a request never answered ends when its exchange did (its connection closed), so
+    that an incomplete span lasts as long as the wait. `size` counts the body bytes (None:
+    unknown); `header_size` the bytes before it.
     """
 
     is_request: bool
     start_ns: int
     end_ns: int
-    size: int = 0
+    size: int | None = 0
     header_size: int = 0
     traceparent: str | None = None
 
@@ -68,6 +70,9 @@ class Parsed(NamedTuple):
     request: Message
     response: Message | None  # None: the connection closed (or went idle) before an answer
     ends_protocol: bool = False  # the connection stops speaking this protocol (upgrade, tunnel)
+    # The protocol the connection switched to, when this exchange only switched (an h2c upgrade,
+    # whose answer comes in that protocol): no span; the connection counts as that protocol's.
+    upgrade: str | None = None
 
 
 class Protocol(ABC):

@@ -8,12 +8,16 @@ a span needs is taken from a head (method, target, version, status, Host, tracep
 every other header, Authorization and Cookie included, is looked at by nobody.
 
 Sizes: `Message.header_size` is the start line plus headers plus the empty line;
-`Message.size` is every byte after that up to the end of the message as it went over the
-wire (for chunked bodies that includes the chunk-size lines and trailers).
+`Message.size` is the body: every byte after the head up to the end of the message. A chunked
+body's size is its data without the chunk framing and trailers, known only when the whole
+message is in the prefix; otherwise it is unknown (None: no size attribute, no size metric)
+rather than a wrong figure.
 
 A record whose request prefix is not a request line, or whose response prefix is not a
 status line, is a parse failure (counted by the tracker). After a 101 or a successful
-CONNECT the connection is no longer HTTP: `Parsed.ends_protocol` tells the tracker.
+CONNECT the connection is no longer HTTP: `Parsed.ends_protocol` tells the tracker. A 101 to
+an `Upgrade: h2c` request is no exchange of its own: its answer comes in HTTP/2
+(`Parsed.upgrade`).
 
 Metrics: the semantic conventions' `http.{server,client}.request.duration` and the request and
 response body sizes, with the conventions' default attributes (`url.path` and `client.address`
@@ -168,10 +172,12 @@ def _first_line_end(b: bytes) -> int:
 
 
 # What a request prefix says: its shape (method, path, query, version, host), the traceparent
-# (None when not in the prefix) and the head length found in the prefix (0: not there).
-RequestFields = tuple[tuple[str, str, str, str, "str | None"], "str | None", int]
-# What a response prefix says: its shape (status, version) and the head length found in the prefix.
-ResponseFields = tuple[tuple[int, str], int]
+# (None when not in the prefix), the head length found in the prefix (0: not there), whether its
+# body is chunked and whether it asks to upgrade to HTTP/2 (h2c).
+RequestFields = tuple[tuple[str, str, str, str, "str | None"], "str | None", int, bool, bool]
+# What a response prefix says: its shape (status, version), the head length found in the prefix
+# and whether its body is chunked.
+ResponseFields = tuple[tuple[int, str], int, bool]
 
 
 def request_fields(b: bytes) -> RequestFields | None:
@@ -191,7 +197,9 @@ def request_fields(b: bytes) -> RequestFields | None:
     host = host_b.decode("utf-8", "replace") if host_b else authority
     if host is None and method == "CONNECT":
         host = path
-    return (method, path, query, version, host), _traceparent(_header(low, b"\ntraceparent:")), head
+    upgrade = _header(low, b"\nupgrade:")
+    return ((method, path, query, version, host), _traceparent(_header(low, b"\ntraceparent:")), head,
+            _chunked(low), upgrade is not None and b"h2c" in upgrade)
 
 
 def response_fields(b: bytes) -> ResponseFields | None:
@@ -199,7 +207,40 @@ def response_fields(b: bytes) -> ResponseFields | None:
     parts = _status_line(b, 0, _first_line_end(b))
     if parts is None:
         return None
-    return parts, _head_end(b)
+    head = _head_end(b)
+    return parts, head, _chunked(b[:head or len(b)].lower())
+
+
+def _chunked(low: bytes) -> bool:
+    """Does the lowercased head section say the body is chunked (the last transfer coding)?"""
+    coding = _header(low, b"\ntransfer-encoding:")
+    return coding is not None and coding.endswith(b"chunked")
+
+
+def _body_size(prefix: bytes, head: int, total: int, chunked: bool) -> int | None:
+    """The body size of a message of `total` bytes whose head is `head` long (0: not found):
+    a chunked body's data alone, known when the whole message is in `prefix`, else None."""
+    if not head:
+        return 0
+    if not chunked or total == head:
+        return total - head
+    if total > len(prefix):
+        return None
+    size, at = 0, head
+    while True:
+        nl = prefix.find(b"\n", at)
+        if nl < 0:
+            return None
+        length = prefix[at:nl].partition(b";")[0].strip()
+        try:
+            n = int(length, 16)
+        except ValueError:
+            return None
+        if n == 0:
+            return size
+        size += n
+        at = nl + 1 + n  # past the data, then its line ending
+        at += 2 if prefix[at:at + 2] == b"\r\n" else 1
 
 
 def content_length(b: bytes, head: int) -> int | None:
@@ -219,12 +260,12 @@ def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> H
         fields = request_fields(rec.request)
         if fields is None:
             return None
-    shape, traceparent, head = fields
+    shape, traceparent, head, chunked, _ = fields
     method, path, query, version, host = shape
     head = rec.req_head or head
     if traceparent is None and rec.traceparent[:len(_TRACEPARENT_NAME)].lower() == _TRACEPARENT_NAME:
         traceparent = _traceparent(rec.traceparent[len(_TRACEPARENT_NAME):].partition(b"\n")[0].strip().lower())
-    size = rec.req_bytes - head if head else 0
+    size = _body_size(rec.request, head, rec.req_bytes, chunked)
     return HttpRequest(True, rec.req_start_ns, rec.req_end_ns, size, head, traceparent,
                        method, path, query, version, host, shape)
 
@@ -235,9 +276,9 @@ def parse_response(rec: ExchangeRecord, fields: ResponseFields | None = None) ->
         fields = response_fields(rec.response)
         if fields is None:
             return None
-    shape, head = fields
+    shape, head, chunked = fields
     head = rec.resp_head or head
-    size = rec.resp_bytes - head if head else 0
+    size = _body_size(rec.response, head, rec.resp_bytes, chunked)
     return HttpResponse(False, rec.resp_start_ns, rec.resp_end_ns, size, head, None, shape[0], shape[1], shape)
 
 
@@ -300,6 +341,8 @@ class HTTP1(Protocol):
         # after a protocol switch or an accepted CONNECT the bytes are no longer HTTP
         ends = response is not None and (response.status_code == 101 or (
             request.method == "CONNECT" and 200 <= response.status_code < 300))
+        if ends and fields[4] and response is not None and response.status_code == 101:
+            return Parsed(request, response, True, "http2")  # the request's answer comes in HTTP/2
         return Parsed(request, response, ends)
 
     def finished(self, rec: ExchangeRecord) -> bool:
@@ -310,7 +353,7 @@ class HTTP1(Protocol):
         response = _cached(self._responses, rec.response, response_fields)
         if request is None or response is None or request[0][0] == "HEAD":
             return True
-        (status, _), prefix_head = response
+        (status, _), prefix_head, _ = response
         head = rec.resp_head or prefix_head
         length = content_length(rec.response, prefix_head)
         if not head or length is None or status < 200 or status in NO_BODY_STATUS:
@@ -371,10 +414,11 @@ class HTTP1(Protocol):
         method, status = a.get("http.request.method"), a.get("http.response.status_code")
         path = a.get("url.path") if "url.path" in extra else None
         if kind is _SERVER:
-            client = conn.remote_addr if "client.address" in extra else None
+            client = conn.remote_addr or None if "client.address" in extra else None
             return SERVER_METRICS, (method, status, route, desc.error_type, path, client)
+        # an unknown address or port (no socket behind a TLS memory BIO) is left out
         return CLIENT_METRICS, (method, status, route, desc.error_type,
-                                a.get("server.address") or conn.remote_addr, conn.remote_port, path)
+                                a.get("server.address") or conn.remote_addr or None, conn.remote_port or None, path)
 
     def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
         """Duration, request and response body size (none without a response)."""

@@ -196,8 +196,14 @@ class Tracker:
             name = c.protocol.name
             self.stats.parse_failures[name] = self.stats.parse_failures.get(name, 0) + 1
             return
+        if parsed.upgrade is not None:  # nothing of its own to report: the answer is in that protocol
+            c.protocol, c.guess, c.attempts = None, parsed.upgrade, c.attempts or 1
+            self._count_unrecognised(c)
+            return
         if parsed.ends_protocol:
             c.ignored = True
+        if parsed.response is None and rec.resp_end_ns > parsed.request.end_ns:
+            parsed.request.end_ns = rec.resp_end_ns  # unanswered: it lasted until the close
         if not self._traces:
             self._finish(c, rec, parsed, None)
             return

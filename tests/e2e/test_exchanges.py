@@ -159,6 +159,39 @@ def test_response_paused_mid_body_keeps_size_and_end(pod: Pod, start_sidecar) ->
     assert server["end_time_unix_nano"] - server["start_time_unix_nano"] >= 500_000_000
 
 
+# Reads one request, then closes without a word after HOLD_SECONDS (connections that send
+# nothing, such as wait_port's, are closed at once).
+SILENT_SERVER = """
+import socket, sys, time
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+while True:
+    conn, _ = srv.accept()
+    if conn.recv(4096):
+        time.sleep(float(sys.argv[2]))
+        conn.close()
+        break
+    conn.close()
+"""
+HOLD_SECONDS = 0.6
+
+
+def test_unanswered_request_lasts_until_the_close(pod: Pod, start_sidecar) -> None:
+    port = free_port()
+    server = pod.spawn([sys.executable, "-c", SILENT_SERVER, str(port), str(HOLD_SECONDS)])
+    wait_port(port)
+    sidecar = start_sidecar()
+    curl = pod.spawn(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/wait"])
+    assert curl.wait(10) == 52  # curl: empty reply from server
+    assert server.wait(10) == 0
+    spans = sidecar.wait_spans(2)
+    assert sorted(s["kind"] for s in spans) == ["CLIENT", "SERVER"]
+    for span in spans:
+        assert span["status"] == "ERROR" and span["attributes"]["error.type"] == "incomplete"
+        assert "http.response.status_code" not in span["attributes"]
+        duration = (span["end_time_unix_nano"] - span["start_time_unix_nano"]) / 1e9
+        assert HOLD_SECONDS <= duration < HOLD_SECONDS + 0.5, span["kind"]
+
+
 def test_idle_keepalive_exchange_out_within_a_second(pod: Pod, in_process) -> None:
     app = free_port()
     start_python_server(pod, app, inside=True, service="idle-app")

@@ -124,3 +124,11 @@ def test_sizes_are_set_per_exchange_when_not_zero() -> None:
         attrs = {a.key: a.value.int_value for a in Span.FromString(encoder.encode(ex, template)).attributes}
         sizes.append((attrs.get("http.request.body.size"), attrs.get("http.response.body.size")))
     assert sizes == [(None, 12), (3, None), (7, 4096)]
+
+
+def test_unknown_addresses_and_ports_are_left_out() -> None:
+    """A TLS library's memory BIO has no socket: the connection's addresses are unknown."""
+    for kind in SpanKind:
+        span = decode(exchange(kind, conn=ConnTuple("", 0, "", 0)), SpanDescription("GET", {}))
+        assert [(a.key, a.value.string_value) for a in span.attributes] == [
+            ("http.response.body.size", ""), ("network.transport", "tcp")]

@@ -104,6 +104,16 @@ def test_no_response() -> None:
     assert ex.response is None and (ex.start_ns, ex.end_ns) == (1000, 1010)
 
 
+def test_no_response_lasts_until_the_connection_closed() -> None:
+    r = Recorder()
+    r.open(1)
+    rec = exchange(1, 1000, response=None, end=End.CLOSE)._replace(resp_end_ns=5_000_000)  # the kernel's close time
+    r.tracker.exchange(rec)
+    [ex] = r.out
+    assert ex.response is None and (ex.start_ns, ex.end_ns) == (1000, 5_000_000)
+    assert r.http.metric_values(ex.request, None)[0] == (5_000_000 - 1000) / 1e9
+
+
 def test_incoming_traceparent_continues_the_trace() -> None:
     r = Recorder()
     r.open(1)
@@ -335,6 +345,20 @@ def test_protocol_switch_ends_tracing_of_the_connection() -> None:
     s = r.tracker.stats
     assert ex.response is not None and ex.response.status_code == 101  # type: ignore[attr-defined]
     assert (s.parse_failures, s.unrecognised_connections, s.unrecognised_bytes) == ({}, {}, {})
+
+
+def test_h2c_upgrade_is_no_span_and_counts_the_connection_as_http2() -> None:
+    r = Recorder()
+    r.open(1)
+    r.exchange(1, 1000, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+               b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+               b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    r.exchange(1, 2000, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    r.close(1)
+    s = r.tracker.stats
+    assert r.out == []  # no span saying 101 for a request whose answer came in HTTP/2
+    assert s.unrecognised_connections == {("http2", 8080): 1} and s.parse_failures == {}
+    assert s.unrecognised_bytes[("http2", 8080)] == 24 + 9  # what followed the upgrade
 
 
 def test_connection_table_is_bounded_and_evicts_the_oldest() -> None:
