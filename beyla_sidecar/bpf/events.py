@@ -27,6 +27,8 @@ RESP_CAPTURE_MAX = 256
 # struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, tp_len, then the exchange
 CONN_STATE = struct.Struct("<BBBBIQB7x")
 PHASE_RESPONSE = 2
+# resp_end_ns of the exchange in a conn_state value: the idle sweep reads it before decoding
+RESP_END_IN_STATE = struct.Struct(f"<{CONN_STATE.size + struct.calcsize('<BBBBIIIQ3Q')}xQ")
 
 
 class EventType(IntEnum):

@@ -18,7 +18,10 @@ from importlib import resources
 from pathlib import Path
 
 from . import features, libbpf
-from .events import CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, End, ExchangeRecord, decode_exchange
+from .events import (
+    CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, RESP_END_IN_STATE, End, ExchangeRecord,
+    decode_exchange,
+)
 from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_features, uprobe_support
 from .libbpf import BpfError
 from .ring import RecordHandler, RingReader
@@ -321,11 +324,14 @@ class Probes:
         out = []
         for key in list(self._conns.keys()):
             value = self._conns.lookup(key)
+            if value is None or value[0] != PHASE_RESPONSE:
+                continue
+            resp_end = RESP_END_IN_STATE.unpack_from(value)[0]
             # read twice: the kernel updates the value in place, a torn copy differs
-            if value is None or value != self._conns.lookup(key) or value[0] != PHASE_RESPONSE:
+            if not resp_end or now_ns - resp_end < idle_ns or value != self._conns.lookup(key):
                 continue
             rec = decode_exchange(memoryview(value)[CONN_STATE.size:], End.SWEEP)
-            if rec is not None and rec.resp_end_ns and now_ns - rec.resp_end_ns >= idle_ns:
+            if rec is not None:
                 out.append(rec)
         return out
 

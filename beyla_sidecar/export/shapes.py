@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from ..bpf.events import ConnTuple
-from ..protocols.base import SpanDescription
+from ..protocols.base import SpanDescription, SpanKind
 from ..tracker.exchange import Exchange
 from ..tracker.routes import Drop, Routes
 from .metrics import Series, ServiceMetrics
@@ -24,6 +24,7 @@ SHAPES_LIMIT = 4096  # shapes remembered per service before its cache starts ove
 SERIES_LIMIT = 1024  # connections whose metric series a shape remembers before starting over
 _NO_RESPONSE = object()  # the response part of the key of exchanges without a response
 _UNKNOWN = object()
+_SERVER = SpanKind.SERVER
 
 
 class Shape:
@@ -74,7 +75,9 @@ class Shapes:
     def get(self, ex: Exchange) -> Shape:
         """The shape of `ex`; a route overflow is counted for every exchange that has one."""
         request, response = ex.request, ex.response
-        key = (ex.protocol, ex.kind, ex.tls, request.shape, _NO_RESPONSE if response is None else response.shape)
+        # `is`, not the Enum itself: hashing an Enum member runs Python code
+        key = (ex.protocol, ex.kind is _SERVER, ex.tls, request.shape,
+               _NO_RESPONSE if response is None else response.shape)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._new(ex)

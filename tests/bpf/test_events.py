@@ -9,9 +9,12 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from beyla_sidecar.bpf import events
 from beyla_sidecar.bpf.events import (CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA, PROCESS_EVENTS, Decoder,
-                                      End, EventType, ExchangeRecord, Role, decode_exchange)
+                                      RESP_END_IN_STATE, End, EventType, ExchangeRecord, Role,
+                                      decode_exchange)
 from beyla_sidecar.bpf.loader import _LISTEN_KEY, COUNTER_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,12 +81,14 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
         COUNTER_NAMES.index(name) for name in ("ringbuf_drops", "read_fails", "orphan_responses")]
 
 
+@pytest.mark.bpf
 def test_kernel_state_layouts_match_the_object_btf() -> None:
     size, members = btf_struct("exchange")
     assert members["traceparent"] == EXCHANGE.size and members["data"] == EXCHANGE_DATA
     assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
     size, members = btf_struct("conn_state")
     assert members["rec"] == CONN_STATE.size == 24 and members["phase"] == 0 and members["tp_len"] == 16
+    assert RESP_END_IN_STATE.size == CONN_STATE.size + btf_struct("exchange")[1]["resp_end_ns"] + 8
     size, members = btf_struct("listen_key")
     assert size == _LISTEN_KEY.size and members == {"netns": 0, "port": 4, "_pad": 6}
 
