@@ -1,14 +1,14 @@
-# The commands the README shows: `make run` and `make test`.
+# The commands the README shows: `make run`, `make test` and `make unit`.
 # `make install` is idempotent: it installs only what is missing.
 
 VENV        ?= .venv
 PYTHON      ?= python3
 DEB_PACKAGES = clang-16 llvm-16 libbpf-dev libbpf1 bpftool make
-TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils redis-server
+TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils redis-server dnsmasq-base
 STAMP       := $(VENV)/.installed
 PROBE_SRCS  := $(wildcard probes/*.bpf.c probes/*.h probes/Makefile)
 
-.PHONY: install deps test-deps probes run test bench clean
+.PHONY: install deps test-deps probes run test unit bench clean
 
 install: $(STAMP) probes
 
@@ -30,7 +30,7 @@ test-deps:
 probes: deps
 	$(MAKE) -C probes
 
-$(STAMP): pyproject.toml | deps
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
@@ -42,6 +42,10 @@ run: install
 
 test: install test-deps
 	$(VENV)/bin/pytest
+
+# The tests that need neither root nor BPF (no `bpf` marker), in about half a minute; installs only the venv.
+unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not bpf"
 
 # `make bench`: about 16 minutes; `make bench BENCH_QUICK=1` checks the harness in ~6.
 # Figures go to benchmarks/results/ (latest.md, latest.json); see benchmarks/README.md.

@@ -322,7 +322,8 @@ def bpf_ids(pid: int) -> dict[str, list[int]]:
     return out
 
 
-COUNTER_NAMES = ("ringbuf_drops", "read_fails")  # enum counter_index in probes/beyla.h
+# enum counter_index in probes/beyla.h; ringbuf_drops (every record the ring refused) is their sum
+COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops")
 
 
 def _int(value: object) -> int:
@@ -343,6 +344,7 @@ def bpf_counters_of(pid: int) -> dict[str, int] | None:
                 idx = _int(entry["key"])
                 if idx < len(COUNTER_NAMES):
                     out[COUNTER_NAMES[idx]] = sum(_int(v["value"]) for v in entry.get("values", []))
+            out["ringbuf_drops"] = out.get("event_drops", 0) + out.get("exchange_drops", 0)
             return out
     except (RuntimeError, ValueError, KeyError, OSError, subprocess.TimeoutExpired):
         return None

@@ -117,7 +117,8 @@ def main() -> None:
                 probes.detach(uprobes)
         drain.stop.set()
         drain.join()
-        drops = traced.counters()["ringbuf_drops"]
+        counters = traced.counters()
+        drops = counters["event_drops"] + counters["exchange_drops"]
     med = {mode: statistics.median(v) * 1e6 for mode, v in times.items()}
     print(f"OpenSSL uprobe cost per request ({n} requests x {ROUNDS} rounds, 4 SSL calls = 8 uprobe hits"
           f" per request; {path.split('/root', 1)[-1]})")

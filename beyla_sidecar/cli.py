@@ -35,8 +35,23 @@ def cmd_check(cfg: Config) -> int:
 
     report = probe_features()
     print(report.render())
+    network = _check_network(cfg)
     # Any problem listed is something `run` cannot do here (e.g. HTTPS without uprobes).
-    return 0 if report.ok and not report.problems else 1
+    return 0 if report.ok and not report.problems and network is None else 1
+
+
+def _check_network(cfg: Config) -> str | None:
+    """The network-metrics row of `check` (BEYLA_NETWORK_METRICS): the problem, or None."""
+    from .bpf.netflow import problem
+
+    if not cfg.network_metrics:
+        print(f"{'network metrics':<20} off (BEYLA_NETWORK_METRICS=false)")
+        return None
+    found = problem()
+    print(f"{'network metrics':<20} {'no' if found else 'yes (packet socket filter, NET_RAW)'}")
+    if found:
+        print(f"problem: {found}")
+    return found
 
 
 def cmd_webhook(cfg: WebhookConfig) -> int:

@@ -311,6 +311,34 @@ def _metric_attributes(raw: str) -> tuple[str, ...]:
     return names
 
 
+NETWORK_EXTRA_ATTRIBUTES = ("src.port", "dst.port")
+
+
+def _network_attributes(raw: str) -> tuple[str, ...]:
+    names = _list(raw)
+    for name in names:
+        if name not in NETWORK_EXTRA_ATTRIBUTES:
+            raise ValueError(f"{name!r}: only src.port and dst.port can be added")
+    return names
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m)")
+
+
+def _duration(low: float, high: float) -> Callable[[str], float]:
+    """A duration `500ms`, `5s` or `1m` (a bare number: seconds), in seconds, within [low, high]."""
+    def parse(raw: str) -> float:
+        value = raw.strip().lower()
+        match = _DURATION.fullmatch(value) or _DURATION.fullmatch(value + "s")
+        if not match:
+            raise ValueError("expected a duration such as 500ms, 5s or 1m")
+        seconds = float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match[2]]
+        if not low <= seconds <= high:
+            raise ValueError(f"expected a duration from {low:g}s to {high:g}s")
+        return seconds
+    return parse
+
+
 @dataclass(frozen=True)
 class Config:
     """Configuration of `beyla-sidecar run`."""
@@ -364,6 +392,11 @@ class Config:
     include_query: bool = _env(
         "BEYLA_INCLUDE_QUERY", "false",
         "Export `url.query` on spans. Off by default: query strings often carry secrets.", _bool)
+    db_query_text: str = _env(
+        "BEYLA_DB_QUERY_TEXT", "sanitized",
+        "`db.query.text` on database spans: `sanitized` (the command with `?` for every argument or "
+        "literal), `raw` (arguments too, as far as the captured prefix holds them; passwords, e.g. "
+        "of Redis AUTH and HELLO, never) or `off`.", _choice("raw", "sanitized", "off"))
     include_command_line: bool = _env(
         "BEYLA_INCLUDE_COMMAND_LINE", "false",
         "Export `process.command_line` in span resources. Off by default: command lines carry "
@@ -516,6 +549,33 @@ class Config:
         "rest of the shutdown adds about a second: keep the sum under what the pod's "
         "terminationGracePeriodSeconds (30 s by default) leaves once the app has exited (a native "
         "sidecar is stopped after the app).", _duration_ms)
+    # --- Network metrics (issue 10: bpf/netflow.py, protocols/dns.py, tracker/names.py,
+    # tracker/flows.py, network.py, export/counters.py) ---
+    network_metrics: bool = _env(
+        "BEYLA_NETWORK_METRICS", "false",
+        "L3/L4 flow metrics of the pod (beyla.network.flow.bytes/packets), named from the "
+        "pod's own DNS answers. Needs capability NET_RAW (a packet socket in the pod's network "
+        "namespace, with a BPF socket filter).", _bool)
+    network_flush_interval: float = _env(
+        "BEYLA_NETWORK_FLUSH_INTERVAL", "5s",
+        "How often the kernel's flow map is drained into the flow counters (100ms to 1m).",
+        _duration(0.1, 60.0))
+    network_flow_map_size: int = _env(
+        "BEYLA_NETWORK_FLOW_MAP_SIZE", "16384",
+        "Flows (5-tuple, direction, interface) the kernel counts between two flushes; packets of new "
+        "flows beyond are counted in beyla_sidecar_network_flow_map_full_packets_total. About 60 bytes "
+        "of kernel memory per flow and CPU.", _positive_int)
+    network_max_flows: int = _env(
+        "BEYLA_NETWORK_MAX_FLOWS", "2000",
+        "Attribute sets of the flow metrics; beyond, traffic goes to one series with "
+        "otel.metric.overflow=true, counted in beyla_sidecar_network_flow_overflows_total.", _positive_int)
+    network_dns_cache_size: int = _env(
+        "BEYLA_NETWORK_DNS_CACHE_SIZE", "10000",
+        "Addresses named from DNS answers kept at once (each for its TTL, at least 5 minutes).", _positive_int)
+    network_extra_attributes: tuple[str, ...] = _env(
+        "BEYLA_NETWORK_EXTRA_ATTRIBUTES", "",
+        "Attributes added to flow metrics, off by default for cardinality: `src.port` and/or `dst.port` "
+        "(comma-separated).", _network_attributes)
 
     def __post_init__(self) -> None:
         if self.span_batch_size is not None and self.span_batch_size > self.span_queue_size:
@@ -729,6 +789,10 @@ class WebhookConfig:
         "BEYLA_PROMETHEUS_PORT given to sidecars, with a named container port `beyla-metrics` and a "
         "liveness probe on /healthz (0: none). It must not clash with the app's ports: the pod "
         "shares one network namespace.", _port)
+    sidecar_network_metrics: bool = _env(
+        "BEYLA_WEBHOOK_SIDECAR_NETWORK_METRICS", "false",
+        "Give sidecars BEYLA_NETWORK_METRICS=true (L3/L4 flow metrics) and the capability it needs, "
+        "NET_RAW, on top of BEYLA_WEBHOOK_SIDECAR_CAPABILITIES; false: neither.", _bool)
     exclude_namespaces: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_EXCLUDE_NAMESPACES", "kube-system",
         "Namespaces never injected, whatever the selectors say (comma-separated).", _list)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import psutil
 import structlog
+from opentelemetry.sdk.metrics.export import MetricsData
 
 from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord
 from .bpf.loader import Probes
@@ -23,6 +24,8 @@ from .discover.maps import namespace_listening_ports
 from .discover.processes import ProcessTable
 from .discover.selection import Selector
 from .export import selfmetrics
+from .bpf.libbpf import BpfError
+from .export.counters import counter_families, to_sums
 from .export.metrics import Metrics, ServiceMetrics, to_metrics_data
 from .export.otlp_metrics import MetricPush
 from .export.prometheus import PrometheusServer, exposition
@@ -30,6 +33,7 @@ from .export.resource import ResourceFactory
 from .export.shapes import Shapes
 from .export.spans import Clock
 from .export.traces import TraceExport
+from .network import NetworkMetrics
 from .protocols import all_protocols
 from .tracker.connections import Tracker
 from .tracker.context import make_sampler
@@ -98,11 +102,14 @@ class Pipeline:
         self.export = TraceExport(cfg, self.clock)
         self.routes = Routes(cfg.routes_patterns, cfg.routes_unmatched, cfg.routes_max_per_service,
                              cfg.routes_ignore, IGNORE_MODES[cfg.routes_ignore_mode])
-        protocols = all_protocols()
+        protocols = all_protocols(cfg.db_query_text)
         # Aggregating costs per request: only when some exporter will read the metrics.
         self.metrics = (Metrics(protocols, cfg.metric_extra_attributes)
                         if cfg.prometheus_port or cfg.metrics_endpoint else None)
         self._metric_push: MetricPush | None = None
+        # L3/L4 flow metrics (BEYLA_NETWORK_METRICS), of the pod as a whole: its service's resource.
+        self.network = (NetworkMetrics(cfg, self.resources.service(self.resources.service_name(None)))
+                        if cfg.network_metrics else None)
         self._me = psutil.Process()
         self._protocol_names = tuple(p.name for p in protocols)
         # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
@@ -134,11 +141,15 @@ class Pipeline:
             self._process_event(ev, pid)
         else:
             if ev.type is EventType.CONN_OPEN:
+                if ev.pending and not self.discovery.pending_selected(pid):
+                    self.tracker.handle(ev, excluded=True)  # reported before its verdict came: not selected
+                    return
                 self.processes.get(pid, ev.comm)  # now: a short-lived client may be gone by its span
             self.tracker.handle(ev)
 
     def _process_event(self, ev: Event, pid: int) -> None:
-        self.discovery.handle(ev, pid)
+        # a fork's tid is its parent's tgid
+        self.discovery.handle(ev, pid, ev.ns_tid if self._same_ns else ev.tid)
         if ev.type is EventType.PROCESS_EXIT:
             # its sockets close (and send their last exchanges) after this event
             self._exited.append((time.monotonic() + EXIT_GRACE_SECONDS, pid, ev.pid))
@@ -194,7 +205,10 @@ class Pipeline:
         push = self._metric_push
         return selfmetrics.SelfStats(
             events_read=self.stats.records,
-            events_lost=self.stats.kernel_counters.get("ringbuf_drops", 0),
+            events_lost=self.stats.kernel_counters.get("event_drops", 0) +
+            self.stats.kernel_counters.get("exchange_drops", 0),
+            exchanges_lost=self.stats.kernel_counters.get("exchange_drops", 0),
+            pipelined_exchanges=dict(t.pipelined),
             kernel_read_failures=self.stats.kernel_counters.get("read_fails", 0),
             bytes_read=t.bytes,
             parse_failures={name: t.parse_failures.get(name, 0) for name in self._protocol_names},
@@ -219,7 +233,19 @@ class Pipeline:
     def scrape(self) -> str:
         """The Prometheus exposition: HTTP metrics, target_info, beyla_sidecar_* self-metrics."""
         snapshots = self.metrics.snapshot() if self.metrics is not None else []
-        return exposition(snapshots, selfmetrics.families(self.self_stats(), self._me))
+        own = selfmetrics.families(self.self_stats(), self._me)
+        net = self.network
+        if net is None:
+            return exposition(snapshots, own)
+        return exposition(snapshots, [*own, *net.families()], counter_families(net.snapshot()),
+                          [net.counters.resource])
+
+    def _metrics_data(self) -> MetricsData:
+        """What the OTLP metric push sends: the histograms and the network counters."""
+        now_ns = time.time_ns()
+        snapshots = self.metrics.snapshot() if self.metrics is not None else []
+        sums = to_sums(self.network.snapshot(), now_ns) if self.network is not None else []
+        return to_metrics_data(snapshots, now_ns, sums)
 
     def _start_exporters(self, cleanup: ExitStack) -> None:
         """The Prometheus endpoint and the OTLP metric push; `cleanup` makes the final export and stops them."""
@@ -232,13 +258,25 @@ class Pipeline:
                                   f"{address}:{port}: {exc.strerror}. Choose a free port, or 0 for none.") from None
             server.start()
             cleanup.callback(server.stop)
-        if self.metrics is not None and self.cfg.metrics_endpoint:
-            metrics = self.metrics
-            push = self._metric_push = MetricPush(lambda: to_metrics_data(metrics.snapshot()),
+        if (self.metrics is not None or self.network is not None) and self.cfg.metrics_endpoint:
+            push = self._metric_push = MetricPush(self._metrics_data,
                                                   self.cfg.metric_export_interval, self.cfg.metric_export_timeout,
                                                   self.cfg.metrics_endpoint)
             push.start()
         cleanup.callback(self._final_export)  # after the probes detach (LIFO), before /metrics stops
+
+    def _start_network(self, cleanup: ExitStack) -> None:
+        """The packet socket and its filter; without NET_RAW one error names the fix and the rest
+        of the sidecar runs on. Stopped (last flush) before the final export (LIFO)."""
+        if self.network is None:
+            return
+        try:
+            self.network.start()
+        except BpfError as exc:  # NetflowError without NET_RAW: its message names the fix
+            log.error("network metrics disabled", reason=str(exc))
+            self.network = None
+            return
+        cleanup.callback(self.network.stop)
 
     def _final_export(self) -> None:
         """Spans and metrics within one deadline (BEYLA_SHUTDOWN_TIMEOUT_MS): the pod's grace period
@@ -256,7 +294,8 @@ class Pipeline:
 
     def _sweep(self, probes: Probes) -> None:
         now_ns = time.monotonic_ns()
-        self.tracker.sweep(probes.idle_exchanges(IDLE_NS, now_ns))
+        for rec in self.tracker.sweep(probes.idle_exchanges(IDLE_NS, now_ns)):
+            probes.mark_swept(rec)  # the kernel does not send it again (a full ring would count it lost)
         self.tracker.expire(now_ns)
 
     def housekeeping(self) -> None:
@@ -269,10 +308,12 @@ class Pipeline:
         """Attach the probes and process events until `stop` is set; always detaches."""
         with ExitStack() as cleanup:
             self._start_exporters(cleanup)  # first, so /healthz answers while probes load
+            self._start_network(cleanup)
             with Probes(req_capture=self.cfg.request_capture_size, resp_capture=self.cfg.response_capture_size,
                         ringbuf_size=self.cfg.ringbuf_size, max_connections=self.cfg.max_connections,
                         strategy=self.cfg.attach_strategy, pid_namespace=self.target_ns,
-                        filter_pids=self.discovery.selector.filters) as probes:
+                        filter_pids=self.discovery.selector.filters,
+                        select_at_exec=self.discovery.selector.at_exec, sweep_idle_ns=IDLE_NS) as probes:
                 # servers that were listening before the probes attached (our namespace is the pod's)
                 probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, namespace_listening_ports())
                 if probes.uprobe_error:

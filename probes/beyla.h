@@ -10,6 +10,8 @@
 #define RESP_CAPTURE_MAX 256
 /* Bytes kept after a "traceparent:" found beyond the request prefix. */
 #define TRACEPARENT_CAPTURE 80
+/* Longest executable path an exec event carries (a longer one is not sent). */
+#define EXE_PATH_MAX 256
 
 enum event_type {
 	EVENT_EXCHANGE = 1,   /* one request and its response on a connection (struct exchange) */
@@ -26,6 +28,10 @@ enum record_flags {
 	FLAG_TLS = 1,         /* plaintext seen by the TLS library probes */
 	FLAG_TRACEPARENT = 2, /* exchange.traceparent holds the bytes after "traceparent:" */
 	FLAG_TRUNCATED = 4,   /* a transfer's bytes were not all readable: prefix or head scan incomplete */
+	/* CONN_OPEN, PROCESS_EXEC/FORK: the process ran an executable the kernel has no verdict for
+	 * (BEYLA_EXECUTABLE_NAME): it reports traffic until user space judges the executable, which
+	 * drops what a process it does not select sent meanwhile */
+	FLAG_PENDING = 8,
 };
 
 /* Why the kernel emitted an exchange (user space also ends idle ones: END_SWEEP there). */
@@ -50,7 +56,8 @@ struct conn_tuple {
 	__u16 _pad;
 };
 
-/* Connection and process events: rare, so they carry everything about their task. */
+/* Connection and process events: rare, so they carry everything about their task.
+ * EVENT_PROCESS_FORK: pid/ns_pid are the child's, tid/ns_tid the parent's tgid. */
 struct conn_event {
 	__u8 type;       /* enum event_type */
 	__u8 role;       /* enum conn_role (connections) */
@@ -65,6 +72,23 @@ struct conn_event {
 	__u64 sock_id;   /* struct sock address (or SSL* of a socket-less TLS session) */
 	struct conn_tuple tuple;
 	char comm[16];
+};
+
+/* Identity of an executable file: key of the kernel's selection verdicts. dev is the kernel's
+ * dev_t (major << 20 | minor); gen tells apart files that reuse an inode number. */
+struct exe_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 gen;
+};
+
+/* EVENT_PROCESS_EXEC when the selection is decided at exec (BEYLA_EXECUTABLE_NAME alone). */
+struct exec_event {
+	struct conn_event ev; /* flags: FLAG_PENDING when no verdict for the executable was known */
+	struct exe_id exe;
+	__u16 path_len;       /* bytes in path: FLAG_PENDING only; 0 when the path was not found */
+	__u16 _pad[3];
+	char path[EXE_PATH_MAX]; /* the executable's path in its mount namespace, as /proc/<pid>/exe says */
 };
 
 /* One request and its response, emitted once, when the next request begins or the
@@ -98,12 +122,17 @@ struct exchange {
 	__u8 data[REQ_CAPTURE_MAX + RESP_CAPTURE_MAX];
 };
 
-/* Per-CPU counters in the `counters` array map, read by user space. */
+/* Per-CPU counters in the `counters` array map, read by user space. A record that never
+ * reaches the ring is counted once, in one of the first two. */
 enum counter_index {
-	COUNTER_RINGBUF_DROPS = 0, /* bpf_ringbuf_output failed: ring buffer full */
+	COUNTER_EVENT_DROPS = 0,   /* a connection or process event the full ring refused (a
+				    * CONN_OPEN counts when its connection closes unannounced) */
 	COUNTER_READ_FAILS = 1,    /* bpf_probe_read_user of a prefix failed */
 	COUNTER_ORPHAN_RESPONSES = 2, /* response bytes with no request seen on the connection */
+	COUNTER_EXCHANGE_DROPS = 3,   /* an exchange record the full ring refused: one request
+				       * and its response lost */
 	COUNTER_MAX = 8,
 };
+#define COUNTER_NONE COUNTER_MAX /* submit(): a refusal is not a loss (yet) */
 
 #endif /* __BEYLA_H */

@@ -30,8 +30,13 @@ struct conn_state {
 	__u64 ssl;      /* tls: the SSL* last seen on it, to delete its ssl_socks entry on close */
 	__u8 tp_len;    /* bytes in rec.traceparent so far; short of TRACEPARENT_CAPTURE: the line
 			 * went on in the next transfer, which completes it */
-	__u8 _pad[7];
+	__u8 announced; /* its CONN_OPEN went out; until then it is sent again before each of the
+			 * connection's exchanges, and an exchange never goes without it */
+	__u8 filling;   /* the current message's prefix holds every byte of it so far and has room:
+			 * its next transfer goes on filling it */
+	__u8 _pad[5];
 	struct exchange rec; /* the exchange in progress, exactly as it will be sent */
+	struct conn_event open; /* its CONN_OPEN, for a send the ring refused */
 };
 
 /* A listening TCP port of one network namespace. */
@@ -55,6 +60,16 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
+
+/* struct sock address -> req_start_ns of its exchange in progress, which user space has ended
+ * already (found idle in conns, reported): the kernel does not send it again, so a full ring
+ * cannot count it lost. Written by user space; an entry goes when its exchange ends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, __u64);
+} swept SEC(".maps");
 
 /* Never written: the zeroed value a new conns entry starts from (too big for the stack). */
 struct {
@@ -132,7 +147,7 @@ static __always_inline __u8 socket_role(const struct sock *sk)
 static __always_inline struct conn_state *conn_new(__u64 key, const struct sock *sk, __u8 role,
 						   __u8 tls, const struct cur_task *cur)
 {
-	struct conn_event e = { .type = EVENT_CONN_OPEN, .role = role, .sock_id = key };
+	struct conn_event *e;
 	struct conn_state *st;
 	__u32 zero = 0;
 	void *blank = bpf_map_lookup_elem(&conn_zero, &zero);
@@ -142,20 +157,41 @@ static __always_inline struct conn_state *conn_new(__u64 key, const struct sock 
 	st = bpf_map_lookup_elem(&conns, &key);
 	if (!st)
 		return NULL;
-	e.ts_ns = bpf_ktime_get_ns();
-	e.flags = tls ? FLAG_TLS : 0;
-	task_ids(cur, &e);
+	e = &st->open; /* built in place: it stays for a send the ring refuses */
+	e->type = EVENT_CONN_OPEN;
+	e->role = role;
+	e->sock_id = key;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->flags = (tls ? FLAG_TLS : 0) | (cur->pending ? FLAG_PENDING : 0);
+	task_ids(cur, e);
 	if (sk)
-		fill_tuple(&e.tuple, sk);
-	bpf_get_current_comm(e.comm, sizeof(e.comm));
+		fill_tuple(&e->tuple, sk);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	st->tls = tls;
 	st->rec.type = EVENT_EXCHANGE;
 	st->rec.role = role;
-	st->rec.pid = e.pid;
-	st->rec.ns_pid = e.ns_pid;
+	st->rec.pid = e->pid;
+	st->rec.ns_pid = e->ns_pid;
 	st->rec.sock_id = key;
-	submit(&e, sizeof(e));
+	/* not a loss yet: announce() tries again with the connection's first exchange */
+	st->announced = submit(e, sizeof(*e), COUNTER_NONE);
 	return st;
+}
+
+/* Before one of the connection's records: its CONN_OPEN, if the ring refused it so far. */
+static __always_inline bool announce(struct conn_state *st)
+{
+	if (!st->announced)
+		st->announced = submit(&st->open, sizeof(st->open), COUNTER_NONE);
+	return st->announced;
+}
+
+/* The connection's state goes: a CONN_OPEN that never went out is lost for good. */
+static __always_inline void conn_forget(struct conn_state *st, __u64 key)
+{
+	if (!st->announced)
+		count(COUNTER_EVENT_DROPS);
+	bpf_map_delete_elem(&conns, &key);
 }
 
 /* Listening ports come and go; a new one is also news for discover/ (BEYLA_OPEN_PORT).

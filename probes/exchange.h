@@ -303,8 +303,60 @@ static __always_inline __u16 capture(struct conn_state *st, __u32 at, __u32 cap,
 	return len;
 }
 
-/* Send the finished exchange and clear it (the connection's identity stays). */
-static __always_inline void emit_exchange(struct conn_state *st, __u8 end)
+/* Append the transfer's first bytes (at most `room`) to a prefix that holds all of its
+ * message so far, at rec.data[at..]; returns the count. The verifier bounds each copy's end
+ * by its offset's largest value plus its length's, but `at` and the length vary independently
+ * (at + len <= the prefix's end only holds together): so the copy goes in pieces of constant
+ * sizes, the binary digits of the length, each at an offset re-bounded to leave room for it.
+ * popcount(len) reads, only for a message's later transfers while its prefix has room. */
+static __always_inline __u32 append_prefix(struct conn_state *st, __u32 at, __u32 room,
+					   const struct xfer *x, __u32 moved)
+{
+	__u32 want = readable(x, moved), done = 0, off, piece;
+
+	if (want > room)
+		want = room;
+#pragma unroll
+	for (piece = 256; piece; piece >>= 1) {
+		if (!(want & piece))
+			continue;
+		off = bound_index(at + done, sizeof(st->rec.data) - piece);
+		if (off != at + done) /* cannot happen: prefixes end inside data[] */
+			break;
+		if (bpf_probe_read_user(&st->rec.data[off], piece, (void *)(x->buf + done))) {
+			count(COUNTER_READ_FAILS);
+			st->rec.flags |= FLAG_TRUNCATED;
+			break;
+		}
+		done += piece;
+	}
+	/* bytes not appended (unreadable, no room): later ones would not follow on in the prefix */
+	st->filling = done == moved && done < room;
+	return done;
+}
+
+/* Has user space ended this exchange already (its idle sweep)? Only an exchange quiet for
+ * swept_after_ns can be: the lookup is skipped for all others. */
+static __always_inline bool was_swept(const struct exchange *rec, __u64 now)
+{
+	__u64 *start;
+	bool same;
+
+	if (!swept_after_ns || !rec->resp_start_ns || now - rec->resp_end_ns < swept_after_ns)
+		return false;
+	start = bpf_map_lookup_elem(&swept, &rec->sock_id);
+	if (!start)
+		return false;
+	same = *start == rec->req_start_ns;
+	bpf_map_delete_elem(&swept, &rec->sock_id); /* ended now, or a mark left by an older one */
+	return same;
+}
+
+/* Send the finished exchange and clear it (the connection's identity stays). Never before
+ * its connection's CONN_OPEN: one the ring refused goes first, and without it the exchange
+ * counts as lost (user space could not say whose it is). Not at all when user space has
+ * reported it already. */
+static __always_inline void emit_exchange(struct conn_state *st, __u8 end, __u64 now)
 {
 	struct exchange *rec = &st->rec;
 	/* up to the end of what the response prefix holds: no unused capture room is copied */
@@ -313,7 +365,12 @@ static __always_inline void emit_exchange(struct conn_state *st, __u8 end)
 	if (size > sizeof(*rec))
 		size = sizeof(*rec);
 	rec->end = end;
-	submit(rec, size);
+	if (!was_swept(rec, now)) {
+		if (announce(st))
+			submit(rec, size, COUNTER_EXCHANGE_DROPS);
+		else
+			count(COUNTER_EXCHANGE_DROPS);
+	}
 	st->phase = PHASE_IDLE;
 }
 
@@ -349,6 +406,7 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 		}
 	}
 	rec->req_len = capture(st, 0, req_capture, REQ_CAPTURE_MAX, x, moved);
+	st->filling = rec->req_len == moved && moved < req_capture;
 }
 
 static __always_inline void start_response(struct conn_state *st, __u64 key, const struct xfer *x,
@@ -370,6 +428,7 @@ static __always_inline void start_response(struct conn_state *st, __u64 key, con
 			bpf_map_delete_elem(&serving, &tid);
 	}
 	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
+	st->filling = rec->resp_len == moved && moved < resp_capture;
 }
 
 /* `moved` bytes went through the connection in one direction (recv: into the process). */
@@ -382,7 +441,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 
 	if (request) {
 		if (st->phase == PHASE_RESPONSE)
-			emit_exchange(st, END_NEXT_REQUEST);
+			emit_exchange(st, END_NEXT_REQUEST, now);
 		if (st->phase == PHASE_IDLE) {
 			start_request(st, key, x, moved, now);
 			if (rec->req_len && rec->req_len == readable(x, moved))
@@ -392,8 +451,11 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		}
 		rec->req_bytes += moved;
 		rec->req_end_ns = now;
+		/* a deferred scan takes rec.req_len as the first transfer's size: before the append */
 		if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->req_bytes > moved))
 			scan_head(st, x, moved, 0, rec->req_len, &rec->req_head, true);
+		if (st->filling && rec->req_bytes > moved) /* a later transfer: the prefix goes on */
+			rec->req_len += append_prefix(st, rec->req_len, req_capture - rec->req_len, x, moved);
 		return;
 	}
 	if (st->phase == PHASE_IDLE) {
@@ -409,6 +471,9 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 	rec->resp_end_ns = now;
 	if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->resp_bytes > moved))
 		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
+	if (st->filling && rec->resp_bytes > moved)
+		rec->resp_len += append_prefix(st, rec->resp_off + rec->resp_len,
+					       resp_capture - rec->resp_len, x, moved);
 }
 
 #endif /* __BEYLA_EXCHANGE_H */

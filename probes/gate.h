@@ -7,6 +7,7 @@
 
 #define MAX_POD_NAMESPACES 16
 #define MAX_PROCESSES 8192
+#define MAX_EXECUTABLES 1024
 
 /* Request/response prefix bytes an exchange keeps (<= REQ/RESP_CAPTURE_MAX). */
 const volatile __u32 req_capture = 256;
@@ -21,6 +22,13 @@ const volatile __u32 pod_pidns = 0;
 /* Only processes in allowed_pids report traffic (BEYLA_EXECUTABLE_NAME/BEYLA_OPEN_PORT);
  * false: every process of the pod, and the verifier drops the lookups. */
 const volatile bool filter_pids = false;
+/* filter_pids by the executable alone (BEYLA_EXECUTABLE_NAME without BEYLA_OPEN_PORT): a new
+ * executable is judged at exec from exe_verdicts, so that short-lived processes are seen from
+ * their first byte. Else the selection of a new executable waits for user space. */
+const volatile bool select_at_exec = false;
+/* User space ends exchanges whose response has been quiet this long (its idle sweep) and
+ * marks them in `swept`; 0: no sweep. */
+const volatile __u64 swept_after_ns = 0;
 
 /* PID namespace inodes to observe (inode -> 1). Filled by user space. */
 struct {
@@ -30,15 +38,31 @@ struct {
 	__type(value, __u8);
 } pid_ns_filter SEC(".maps");
 
+enum selection {
+	SELECTED = 1,
+	PENDING = 2, /* select_at_exec: its executable has no verdict yet; it reports traffic
+		      * (CONN_OPEN marked FLAG_PENDING) until one comes */
+};
+
 /* Processes selected by BEYLA_EXECUTABLE_NAME / BEYLA_OPEN_PORT (tgid in its own PID
- * namespace -> 1). Consulted only when filter_pids is set; filled by user space,
- * inherited on fork and dropped on exec and exit by the probes. */
+ * namespace -> enum selection). Consulted only when filter_pids is set; filled by user
+ * space (processes found running), set by the probes at exec (select_at_exec) and fork, and
+ * dropped at exec (otherwise) and at the exit of the process's last thread. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_PROCESSES);
 	__type(key, __u32);
 	__type(value, __u8);
 } allowed_pids SEC(".maps");
+
+/* select_at_exec: user space's verdict on each executable it has judged (1 selected, 0 not),
+ * written when a PENDING process's exec event reaches it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_EXECUTABLES);
+	__type(key, struct exe_id);
+	__type(value, __u8);
+} exe_verdicts SEC(".maps");
 
 /* enum counter_index -> count, per CPU; user space sums. */
 struct {
@@ -59,6 +83,7 @@ struct cur_task {
 	struct task_struct *task;
 	struct pid *pid;  /* task->thread_pid */
 	__u32 level;      /* depth of the task's PID namespace */
+	bool pending;     /* current_selected: selection PENDING (its connections say so) */
 };
 
 /* Inode of the PID namespace at `level` of pid. Direct loads through BTF pointers
@@ -94,6 +119,7 @@ static __always_inline bool current_filtered(struct cur_task *cur)
 	cur->task = task;
 	cur->pid = pid;
 	cur->level = level;
+	cur->pending = false;
 	if (pod_pidns)
 		return inum == pod_pidns;
 	return bpf_map_lookup_elem(&pid_ns_filter, &inum) != NULL;
@@ -110,19 +136,52 @@ static __always_inline __u32 ns_tgid(const struct cur_task *cur)
 	return BPF_CORE_READ(leader, numbers[level].nr);
 }
 
+/* The executable the task runs (NULL fields read 0: a kernel thread has no mm). */
+static __always_inline bool exe_of(struct task_struct *task, struct exe_id *id)
+{
+	struct inode *inode = task->mm->exe_file->f_inode;
+
+	id->ino = inode->i_ino;
+	id->dev = inode->i_sb->s_dev;
+	id->gen = inode->i_generation;
+	return id->ino != 0;
+}
+
+/* A PENDING process: apply its executable's verdict once user space has given it. */
+static __always_inline bool resolve_pending(struct cur_task *cur, __u32 tgid, __u8 *state)
+{
+	struct exe_id id = {};
+	__u8 *verdict;
+
+	if (!exe_of(cur->task, &id) || !(verdict = bpf_map_lookup_elem(&exe_verdicts, &id))) {
+		cur->pending = true;
+		return true;
+	}
+	if (*verdict) {
+		*state = SELECTED;
+		return true;
+	}
+	bpf_map_delete_elem(&allowed_pids, &tgid);
+	return false;
+}
+
 /* current_filtered, then the process selection: the gate of every program that
  * reports traffic. Lifecycle programs use current_filtered alone: discover/ must
  * see every process of the pod to select among them. */
 static __always_inline bool current_selected(struct cur_task *cur)
 {
 	__u32 tgid;
+	__u8 *state;
 
 	if (!current_filtered(cur))
 		return false;
 	if (!filter_pids)
 		return true;
 	tgid = ns_tgid(cur);
-	return bpf_map_lookup_elem(&allowed_pids, &tgid) != NULL;
+	state = bpf_map_lookup_elem(&allowed_pids, &tgid);
+	if (!state)
+		return false;
+	return *state == SELECTED || resolve_pending(cur, tgid, state);
 }
 
 static __always_inline void count(__u32 idx)
@@ -133,14 +192,18 @@ static __always_inline void count(__u32 idx)
 		(*val)++; /* per-CPU slot: no atomic needed */
 }
 
-/* Wakes the reader only when the ring fills up; a full ring is counted, never silent. */
-static __always_inline void submit(void *data, __u64 size)
+/* Wakes the reader only when the ring fills up; a full ring is counted (in `lost`, enum
+ * counter_index or COUNTER_NONE), never silent. True when the record went out. */
+static __always_inline bool submit(void *data, __u64 size, __u32 lost)
 {
 	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes ?
 		      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	if (bpf_ringbuf_output(&events, data, size, flags))
-		count(COUNTER_RINGBUF_DROPS);
+	if (!bpf_ringbuf_output(&events, data, size, flags))
+		return true;
+	if (lost != COUNTER_NONE)
+		count(lost);
+	return false;
 }
 
 /* Host and namespace-local ids of a task that passed the gate. */
@@ -165,7 +228,7 @@ static __always_inline void task_event(__u8 type, const struct cur_task *cur)
 
 	task_ids(cur, &e);
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	submit(&e, sizeof(e));
+	submit(&e, sizeof(e), COUNTER_EVENT_DROPS);
 }
 
 #endif /* __BEYLA_GATE_H */

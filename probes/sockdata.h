@@ -152,12 +152,17 @@ int BPF_PROG(beyla_destroy, struct sock *sk)
 	if (st->phase == PHASE_REQUEST)
 		st->rec.resp_end_ns = e.ts_ns;
 	if (st->phase != PHASE_IDLE)
-		emit_exchange(st, END_CLOSE);
+		emit_exchange(st, END_CLOSE, e.ts_ns);
 	e.role = st->rec.role;
 	e.pid = st->rec.pid;
 	e.ns_pid = st->rec.ns_pid;
-	submit(&e, sizeof(e));
-	bpf_map_delete_elem(&conns, &key);
+	/* user space never heard of a connection whose CONN_OPEN never went out: its close is
+	 * lost with it (conn_forget counts the open) */
+	if (st->announced)
+		submit(&e, sizeof(e), COUNTER_EVENT_DROPS);
+	else
+		count(COUNTER_EVENT_DROPS);
+	conn_forget(st, key);
 	return 0;
 }
 

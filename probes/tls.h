@@ -84,7 +84,7 @@ static __always_inline void tie_tls(struct sock *sk, struct conn_state *st, __u6
 		return;
 	}
 	if (st)
-		bpf_map_delete_elem(&conns, &key);
+		conn_forget(st, key);
 	st = conn_new(key, sk, socket_role(sk), 1, cur);
 	if (st)
 		st->ssl = ssl;

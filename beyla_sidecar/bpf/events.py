@@ -24,9 +24,14 @@ TRACEPARENT_CAPTURE = 80
 EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
 REQ_CAPTURE_MAX = 512
 RESP_CAPTURE_MAX = 256
-# struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, tp_len, then the exchange
+# struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, tp_len, announced,
+# filling, then the exchange (and the CONN_OPEN after it)
 CONN_STATE = struct.Struct("<BBBBIQB7x")
+ANNOUNCED_IN_STATE = 17  # offset of conn_state.announced: its CONN_OPEN went out
 PHASE_RESPONSE = 2
+# struct exec_event after its conn_event: exe_id (inode, dev, generation), path_len, then the path
+EXEC_EXTRA = struct.Struct("<QIIH6x")
+EXE_PATH_MAX = 256
 # resp_end_ns of the exchange in a conn_state value: the idle sweep reads it before decoding
 RESP_END_IN_STATE = struct.Struct(f"<{CONN_STATE.size + struct.calcsize('<BBBBIIIQ3Q')}xQ")
 
@@ -47,6 +52,8 @@ PROCESS_EVENTS = frozenset((EventType.PROCESS_EXEC, EventType.PROCESS_FORK, Even
 FLAG_TLS = 1
 FLAG_TRACEPARENT = 2
 FLAG_TRUNCATED = 4
+FLAG_PENDING = 8  # the process's selection waits for user space's verdict on its executable
+ExeId = tuple[int, int, int]  # struct exe_id: inode, dev (kernel dev_t), generation
 
 
 class Role(IntEnum):
@@ -89,6 +96,11 @@ class Event(NamedTuple):
     tuple: ConnTuple
     comm: str  # task name (16 bytes max), for processes gone before /proc could be read
     tls: bool = False  # CONN_OPEN: a TLS library drives the connection (plaintext follows)
+    # CONN_OPEN, PROCESS_EXEC, PROCESS_FORK: the process's selection waits for user space's verdict
+    # (PROCESS_FORK: tid and ns_tid are the parent's tgid)
+    pending: bool = False
+    exe: ExeId | None = None  # PROCESS_EXEC with the selection made at exec: the executable
+    path: str = ""  # ... and, when pending, its path as /proc/<pid>/exe shows it ("" unknown)
 
 
 class ExchangeRecord(NamedTuple):
@@ -202,7 +214,16 @@ class Decoder:
          comm) = CONN_EVENT.unpack_from(record)
         if not 2 <= etype <= 7 or role > 2:
             return None
+        exe: ExeId | None = None
+        path = ""
+        if etype == EventType.PROCESS_EXEC and len(record) >= CONN_EVENT.size + EXEC_EXTRA.size:
+            ino, dev, gen, path_len = EXEC_EXTRA.unpack_from(record, CONN_EVENT.size)
+            exe = (ino, dev, gen)
+            at = CONN_EVENT.size + EXEC_EXTRA.size
+            if path_len > EXE_PATH_MAX or at + path_len > len(record):
+                return None
+            path = bytes(record[at:at + path_len]).decode("utf-8", "surrogateescape")
         return Event(
             _TYPES[etype], ts, sock_id, pid, tid, ns_pid, ns_tid, _ROLES[role],  # type: ignore[arg-type]
             ConnTuple(self._address(family, saddr), sport, self._address(family, daddr), dport),
-            self._comm(comm), bool(flags & FLAG_TLS))
+            self._comm(comm), bool(flags & FLAG_TLS), bool(flags & FLAG_PENDING), exe, path)

@@ -131,6 +131,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_lookup_elem": (c_int, [c_int, c_char_p, c_char_p]),
     "bpf_map_delete_elem": (c_int, [c_int, c_char_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_map_lookup_and_delete_batch": (c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+                                                POINTER(c_uint32), c_void_p]),
     "bpf_prog_load": (c_int, [c_uint, c_char_p, c_char_p, c_char_p, c_size_t, POINTER(_ProgLoadOpts)]),
     "bpf_link_create": (c_int, [c_int, c_int, c_uint, _P]),
     "btf__load_vmlinux_btf": (_P, []),
@@ -384,6 +386,30 @@ class Map:
             return False
         _check_int(ret, f"delete {self.name}")
         return True
+
+    def lookup_and_delete_batch(self, value_size: int, batch: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        """Take every entry out of a hash map, `batch` entries per bpf() call (Linux 5.6+):
+        (key, value) pairs; `value_size` per entry (per-CPU maps: 8-byte aligned size x CPUs).
+        An entry written meanwhile is in this walk or stays for the next one."""
+        ksz = self.key_size
+        keys = ctypes.create_string_buffer(ksz * batch)
+        values = ctypes.create_string_buffer(value_size * batch)
+        # The batch token of hash maps is a bucket index (u32); key-sized to fit any map type.
+        tokens = (ctypes.create_string_buffer(max(ksz, 8)), ctypes.create_string_buffer(max(ksz, 8)))
+        first = True
+        while True:
+            count = c_uint32(batch)
+            ret = lib().bpf_map_lookup_and_delete_batch(self.fd, None if first else tokens[0], tokens[1],
+                                                         keys, values, ctypes.byref(count), None)
+            if ret < 0 and ret != -errno_mod.ENOENT:
+                _check_int(ret, f"lookup_and_delete_batch {self.name}")
+            raw_k, raw_v = keys.raw, values.raw
+            for i in range(count.value):
+                yield raw_k[i * ksz:(i + 1) * ksz], raw_v[i * value_size:(i + 1) * value_size]
+            if ret == -errno_mod.ENOENT:  # the walk reached the end
+                return
+            ctypes.memmove(tokens[0], tokens[1], len(tokens[0]))
+            first = False
 
     def _check_size(self, what: str, data: bytes, expected: int) -> None:
         """The kernel reads exactly the map's sizes from our buffers: never hand it less."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import features, libbpf
 from .events import (
-    CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, RESP_END_IN_STATE, End, ExchangeRecord,
-    decode_exchange,
+    ANNOUNCED_IN_STATE, CONN_STATE, PHASE_RESPONSE, REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, RESP_END_IN_STATE, End,
+    ExchangeRecord, ExeId, decode_exchange,
 )
 from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_features, uprobe_support
 from .libbpf import BpfError
@@ -34,11 +34,14 @@ DEFAULT_RINGBUF_SIZE = 8 << 20
 AUTO = "auto"
 # The probes wake the reader only once this fraction of the ring is unread.
 WAKEUP_FRACTION = 4
-# Indexes of enum counter_index in probes/beyla.h.
-COUNTER_NAMES = ("ringbuf_drops", "read_fails", "orphan_responses")
+# Indexes of enum counter_index in probes/beyla.h. A record the ring refused counts once: in
+# event_drops (connection and process events) or exchange_drops (one request and its response).
+COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port
+_EXE_ID = struct.Struct("<QII")  # struct exe_id: inode, dev (kernel dev_t), generation
+_SELECTED = 1  # enum selection in probes/gate.h (2: PENDING)
 
 class ProbeSetupError(BpfError):
     """The probes cannot run here; the message names the fix."""
@@ -129,11 +132,17 @@ class Probes:
 
     strategy: a name from strategy.STRATEGIES, or "auto" for the first the kernel supports.
     filter_pids: only processes passed to allow_process() report traffic (else the whole pod).
+    select_at_exec: with filter_pids, the probes judge each new executable at exec from the
+    verdicts given with set_exe_verdict(); one without a verdict reports traffic as PENDING
+    until it gets one (BEYLA_EXECUTABLE_NAME alone: the executable decides).
+    sweep_idle_ns: the shortest quiet time after which the caller ends exchanges from
+    idle_exchanges() and passes them to mark_swept() (0: it never does).
     """
 
     def __init__(self, *, req_capture: int = DEFAULT_REQ_CAPTURE, resp_capture: int = DEFAULT_RESP_CAPTURE,
                  ringbuf_size: int = DEFAULT_RINGBUF_SIZE, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 strategy: str = AUTO, filter_pids: bool = False, pid_namespace: int = 0) -> None:
+                 strategy: str = AUTO, filter_pids: bool = False, pid_namespace: int = 0,
+                 select_at_exec: bool = False, sweep_idle_ns: int = 0) -> None:
         _check_args(req_capture, resp_capture, ringbuf_size)
         _check_host()
         self._strategy = _choose(strategy)
@@ -142,6 +151,8 @@ class Probes:
         self._max_connections = max_connections
         self._pid_namespace = _check_inode(pid_namespace) if pid_namespace else 0
         self._filter_pids = filter_pids
+        self._select_at_exec = filter_pids and select_at_exec
+        self._sweep_idle_ns = sweep_idle_ns
         self._links: list[libbpf.Link] = []
         self._uprobes: list[UprobeSet] = []
         self._uprobe_support = UprobeSupport(None)
@@ -168,7 +179,10 @@ class Probes:
         obj.set_rodata("req_capture", _U32.pack(self.req_capture))
         obj.set_rodata("resp_capture", _U32.pack(self.resp_capture))
         obj.map("conns").set_max_entries(self._max_connections)
+        obj.map("swept").set_max_entries(self._max_connections)
         obj.set_rodata("filter_pids", bytes([self._filter_pids]))
+        obj.set_rodata("select_at_exec", bytes([self._select_at_exec]))
+        obj.set_rodata("swept_after_ns", _U64.pack(self._sweep_idle_ns))
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
         obj.map("events").set_max_entries(ringbuf_size)
         try:
@@ -184,8 +198,10 @@ class Probes:
                     raise _setup_error(exc, f"attaching {prog.name}") from exc
         self._filter = obj.map("pid_ns_filter")
         self._allowed = obj.map("allowed_pids")
+        self._verdicts = obj.map("exe_verdicts")
         self._counters = obj.map("counters")
         self._conns = obj.map("conns")
+        self._swept = obj.map("swept")
         self._tls_files = obj.map("tls_files")
         self._listen = obj.map("listen_ports")
         self._ring = RingReader(obj.map("events").fd, ringbuf_size)
@@ -236,6 +252,22 @@ class Probes:
     def disallow_process(self, ns_tgid: int) -> None:
         self._object()
         self._allowed.delete(_U32.pack(ns_tgid))
+
+    def selected_processes(self) -> dict[int, bool]:
+        """filter_pids: the kernel's selection, ns tgid -> True (selected) or False (pending)."""
+        self._object()
+        out = {}
+        for key in list(self._allowed.keys()):
+            value = self._allowed.lookup(key)
+            if value is not None:
+                out[_U32.unpack(key)[0]] = value[0] == _SELECTED
+        return out
+
+    def set_exe_verdict(self, exe: ExeId, selected: bool) -> None:
+        """select_at_exec: whether processes running this executable (as an exec event named
+        it) are selected; the probes apply it at the next exec, and to PENDING processes."""
+        self._object()
+        self._verdicts.update(_EXE_ID.pack(*exe), bytes([selected]))
 
     def attach_openssl(self, path: str, offsets: Mapping[str, int]) -> UprobeSet:
         """OpenSSL uprobes on the library (or executable) at `path`, at the file offsets of
@@ -318,13 +350,15 @@ class Probes:
     def idle_exchanges(self, idle_ns: int, now_ns: int) -> list[ExchangeRecord]:
         """Exchanges whose response began and then saw no byte for idle_ns: in all likelihood
         finished, and otherwise only ended by the connection's next request or close (the last
-        answer on a keep-alive connection, a long poll's). The kernel keeps them; the caller
-        must drop the record the kernel emits later for the same exchange (same key)."""
+        answer on a keep-alive connection, a long poll's). The kernel keeps them: the caller
+        passes those it ends to mark_swept(), and drops a record the kernel sent for one before
+        the mark (same key). Not those of a connection whose CONN_OPEN the full ring refused:
+        the kernel sends them after it."""
         self._object()
         out = []
         for key in list(self._conns.keys()):
             value = self._conns.lookup(key)
-            if value is None or value[0] != PHASE_RESPONSE:
+            if value is None or value[0] != PHASE_RESPONSE or not value[ANNOUNCED_IN_STATE]:
                 continue
             resp_end = RESP_END_IN_STATE.unpack_from(value)[0]
             # read twice: the kernel updates the value in place, a torn copy differs
@@ -334,6 +368,12 @@ class Probes:
             if rec is not None:
                 out.append(rec)
         return out
+
+    def mark_swept(self, rec: ExchangeRecord) -> None:
+        """The caller ended this exchange from idle_exchanges(): the kernel will not send it (an
+        exchange ended meanwhile was sent already; the caller drops that copy)."""
+        self._object()
+        self._swept.update(_U64.pack(rec.sock_id), _U64.pack(rec.req_start_ns))
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES)."""

@@ -14,6 +14,15 @@ process running it again is then covered at once) until more than MAX_IDLE_FILES
 files exist, the least recently used going first. Selection reaches the kernel through
 allowed_pids, when some selector is set.
 
+With BEYLA_EXECUTABLE_NAME alone (`Selector.at_exec`) the probes decide at exec, from this
+module's verdict on each executable (exe_verdicts): a process is then selected from its first
+instruction, however short-lived. An executable without a verdict yet makes its process
+PENDING: it reports traffic, its exec event brings the executable's path, the verdict is made
+and given to the kernel here, and the connections a PENDING process opened are dropped by the
+pipeline when the verdict is no (`pending_selected`). A pid written into allowed_pids is
+checked against /proc afterwards: a process that exited meanwhile (the kernel dropped its
+entry at exit) must not leave it behind.
+
 Exec and fork events are looked at in the poll cycle they arrive in and once more a cycle
 later, when the dynamic loader has mapped the libraries. There is no event for a later
 mapping (dlopen): the only hook for it would be a syscall tracepoint, which puts every
@@ -31,7 +40,7 @@ from typing import Protocol
 
 import structlog
 
-from ..bpf.events import Event, EventType
+from ..bpf.events import Event, EventType, ExeId
 from ..bpf.libbpf import BpfError
 from ..bpf.loader import UprobeSet
 from .maps import FileId, MappedFile, executable_files, listening_ports, mapped_file_id, own_namespace_tgid
@@ -52,6 +61,7 @@ class ProbeControl(Protocol):
 
     def allow_process(self, ns_tgid: int) -> None: ...
     def disallow_process(self, ns_tgid: int) -> None: ...
+    def set_exe_verdict(self, exe: ExeId, selected: bool) -> None: ...
     def attach_openssl(self, path: str, offsets: dict[str, int]) -> UprobeSet: ...
     def detach(self, uprobes: UprobeSet) -> None: ...
 
@@ -80,6 +90,16 @@ def _pids() -> set[int]:
     return {int(name) for name in os.listdir("/proc") if name.isdigit()}
 
 
+def _running(pid: int) -> bool:
+    """Has the process not begun to exit? Its executable goes (exit_mm) before the kernel's exit
+    hook drops it from allowed_pids: an entry written while this holds is dropped at its exit."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return True
+
+
 class Discovery:
     """Not thread-safe: driven by the pipeline's thread."""
 
@@ -98,6 +118,14 @@ class Discovery:
         self._reported: set[FileId] = set()  # executables whose unsupported TLS was logged
         self._due: set[int] = set()  # to inspect at the next flush
         self._dirty: set[int] = set()  # to inspect at the flush after (exec/fork, once more)
+        # Selector.at_exec: verdicts on processes that ran while PENDING (exec without a kernel
+        # verdict, and their forks), from their exec event until their exit event
+        self._verdicts: dict[int, bool] = {}
+        # Selector.at_exec: processes whose selection the probes made at their exec or fork (the
+        # verdict on their executable, or their parent's): not written again from here, where a
+        # second exec could come between our look at /proc and the write
+        self._by_kernel: set[int] = set()
+        self._gone: set[int] = set()  # pids with a verdict, not in /proc at the last sweep
 
     @property
     def instrumented_processes(self) -> int:
@@ -119,11 +147,17 @@ class Discovery:
         for pid in sorted(_pids()):
             self._inspect(pid)
 
-    def handle(self, ev: Event, pid: int) -> None:
-        """A lifecycle event of process `pid` (as our /proc names it)."""
+    def handle(self, ev: Event, pid: int, parent: int = 0) -> None:
+        """A lifecycle event of process `pid` (as our /proc names it; `parent`: a fork's parent)."""
         if ev.type is EventType.PROCESS_EXIT:
             self.forget(pid)
             return
+        if self.selector.at_exec and ev.type in (EventType.PROCESS_EXEC, EventType.PROCESS_FORK):
+            self._by_kernel.add(pid)
+        if ev.type is EventType.PROCESS_EXEC and ev.exe is not None:
+            self._judge(ev, pid)
+        elif ev.type is EventType.PROCESS_FORK and ev.pending and parent in self._verdicts:
+            self._verdicts[pid] = self._verdicts[parent]
         if ev.type is EventType.PROCESS_LISTEN and not self.selector.ports:
             return
         if ev.type is EventType.PROCESS_EXEC and pid in self._procs:
@@ -144,12 +178,62 @@ class Discovery:
         mapped since a process was last looked at (dlopen)."""
         present = _pids()
         for pid in self._procs.keys() - present:
-            self.forget(pid)
+            self._drop(pid)
+        # the verdicts of processes whose exit event was lost: a sweep after they left /proc,
+        # no record of theirs can be on its way any more
+        gone = self._verdicts.keys() - present
+        for pid in gone & self._gone:
+            del self._verdicts[pid]
+        self._gone = gone - self._gone
         self._foreign &= present
         for pid in present - self._foreign:
             self._inspect(pid)
 
+    def pending_selected(self, pid: int) -> bool:
+        """Is process `pid`, which opened a connection while PENDING, selected? Its exec (or fork)
+        event came first and brought the verdict; if that event was lost (counted), judged now."""
+        verdict = self._verdicts.get(pid)
+        if verdict is None:
+            try:
+                verdict = self.selector.executable_matches(os.readlink(f"/proc/{pid}/exe"))
+            except OSError:
+                verdict = False  # gone, and nothing says what it ran: not traced
+        return verdict
+
+    def _judge(self, ev: Event, pid: int) -> None:
+        """An exec whose selection the probes made (Selector.at_exec). PENDING: no verdict was
+        known for its executable; make it from the path the event brings, for the kernel (it
+        applies it to this and later processes) and for the connections the process reports
+        meanwhile."""
+        self._verdicts.pop(pid, None)
+        if not ev.pending:
+            return
+        if ev.path:
+            verdict = self.selector.executable_matches(ev.path)
+        else:  # the path was not found (deeper than the probes walk): /proc, while it runs
+            try:
+                verdict = self.selector.executable_matches(os.readlink(f"/proc/{pid}/exe"))
+            except OSError:
+                verdict = False
+        assert self._probes is not None and ev.exe is not None
+        if ev.path:
+            self._probes.set_exe_verdict(ev.exe, verdict)
+        elif verdict:  # a verdict from /proc is this process's, not necessarily its file's
+            self._probes.allow_process(ev.ns_pid)
+            if not _running(pid):
+                self._probes.disallow_process(ev.ns_pid)
+        else:
+            self._probes.disallow_process(ev.ns_pid)
+        self._verdicts[pid] = verdict
+
     def forget(self, pid: int) -> None:
+        """The process exited (its exit event): its connections' CONN_OPEN came before."""
+        self._verdicts.pop(pid, None)
+        self._drop(pid)
+
+    def _drop(self, pid: int) -> None:
+        """The process is gone from /proc; its records may still be in the ring (its verdict stays)."""
+        self._by_kernel.discard(pid)
         self._dirty.discard(pid)
         self._due.discard(pid)
         self._foreign.discard(pid)
@@ -175,13 +259,14 @@ class Discovery:
                 tgid = own_namespace_tgid(pid) if self.selector.filters else pid
                 proc = self._procs[pid] = _Process(False, tgid, set())
         except OSError:  # gone, or a kernel thread (no exe): nothing to instrument
-            self.forget(pid)
+            self._drop(pid)
             self._foreign.add(pid)  # until it leaves /proc (sweep)
             return
         if new:
             self._attach_ahead(pid)
-        # A new process may have inherited its parent's place in allowed_pids: set it either way.
-        self._select(proc, selected, sync=new)
+        # A new process may have inherited its parent's place in allowed_pids: set it either way
+        # (unless the probes made its selection).
+        self._select(pid, proc, selected, sync=new, write=pid not in self._by_kernel)
         exe_file = next((f for f in files if f.path == exe), None)
         wanted = self._tls(pid, files, exe_file) if selected else set()
         self._release(pid, proc.tls_files - wanted)
@@ -209,13 +294,19 @@ class Discovery:
             if found.openssl and f.id not in self._attached and self._attach(f, pid, found):
                 self._make_idle(f.id)
 
-    def _select(self, proc: _Process, selected: bool, sync: bool = False) -> None:
+    def _select(self, pid: int, proc: _Process, selected: bool, sync: bool = False, write: bool = True) -> None:
         if selected == proc.selected and not sync:
             return
         proc.selected = selected
-        if self.selector.filters:
-            assert self._probes is not None
-            (self._probes.allow_process if selected else self._probes.disallow_process)(proc.ns_tgid)
+        if not self.selector.filters or not write:
+            return
+        assert self._probes is not None
+        if not selected:
+            self._probes.disallow_process(proc.ns_tgid)
+            return
+        self._probes.allow_process(proc.ns_tgid)
+        if not _running(pid):  # it exited meanwhile: the kernel's exit hook may have run already
+            self._probes.disallow_process(proc.ns_tgid)
 
     def _tls(self, pid: int, files: list[MappedFile], exe_file: MappedFile | None) -> set[FileId]:
         """The OpenSSL files among `files`, attached; unsupported stacks reported."""

@@ -178,8 +178,10 @@ class Metrics:
         return [s.snapshot() for s in services]
 
 
-def to_metrics_data(snapshots: list[ServiceSnapshot], now_ns: int | None = None) -> MetricsData:
-    """Snapshots as the OTel SDK data model, what OTLPMetricExporter.export takes."""
+def to_metrics_data(snapshots: list[ServiceSnapshot], now_ns: int | None = None,
+                    sums: Iterable[tuple[Resource, list[Metric]]] = ()) -> MetricsData:
+    """Snapshots as the OTel SDK data model, what OTLPMetricExporter.export takes; `sums`: other
+    metrics by resource (export/counters.py's to_sums), appended as they are."""
     now_ns = now_ns or time.time_ns()
     resource_metrics = []
     for snap in snapshots:
@@ -195,4 +197,7 @@ def to_metrics_data(snapshots: list[ServiceSnapshot], now_ns: int | None = None)
             for inst in snap.instruments if inst.points]
         if metrics:
             resource_metrics.append(ResourceMetrics(snap.resource, [ScopeMetrics(_SCOPE, metrics, "")], ""))
+    for resource, metrics in sums:
+        if metrics:
+            resource_metrics.append(ResourceMetrics(resource, [ScopeMetrics(_SCOPE, metrics, "")], ""))
     return MetricsData(resource_metrics)

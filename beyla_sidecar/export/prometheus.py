@@ -117,11 +117,14 @@ def target_info(resources: Iterable[Resource]) -> Family:
     return fam
 
 
-def exposition(snapshots: list[ServiceSnapshot], extra: Iterable[Family]) -> str:
-    """The whole `/metrics` page: the protocols' histograms, target_info, then `extra` families."""
-    families = histogram_families(snapshots)
-    if snapshots:
-        families.append(target_info(s.resource for s in snapshots))
+def exposition(snapshots: list[ServiceSnapshot], extra: Iterable[Family], counters: Iterable[Family] = (),
+               resources: Iterable[Resource] = ()) -> str:
+    """The whole `/metrics` page: the protocols' histograms, `counters` (other metrics, of
+    `resources`), target_info, then `extra` families (the sidecar's own)."""
+    families = [*histogram_families(snapshots), *counters]
+    unique = {tuple(sorted(r.attributes.items())): r for r in (*(s.resource for s in snapshots), *resources)}
+    if unique:
+        families.append(target_info(unique.values()))
     return render([*families, *extra])
 
 

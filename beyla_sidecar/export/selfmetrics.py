@@ -16,7 +16,9 @@ class SelfStats:
     """Counters the pipeline gathers from the objects it owns, at scrape time."""
 
     events_read: int = 0
-    events_lost: int = 0  # ring buffer full, counted by the probes in the kernel
+    events_lost: int = 0  # ring buffer full, counted by the probes in the kernel: every record
+    exchanges_lost: int = 0  # of which exchanges (one request and its response each) never reported
+    pipelined_exchanges: dict[str, int] = field(default_factory=dict)  # by protocol: not traced
     kernel_read_failures: int = 0  # bpf_probe_read of a payload failed, counted in the kernel
     bytes_read: int = 0
     parse_failures: dict[str, int] = field(default_factory=dict)  # by protocol
@@ -63,6 +65,12 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
         _counter("events_read", "Records read from the kernel ring buffer.", s.events_read),
         _counter("events_lost", "Records the probes could not submit because the ring buffer was full.",
                  s.events_lost),
+        _counter("exchanges_lost", "Request/response exchanges lost whole because the ring buffer was full "
+                 "(no span, no metric; counted in the kernel). Exchanges made = exchanges reported + this.",
+                 s.exchanges_lost),
+        _counter_by("pipelined_exchanges", "Exchanges holding several pipelined requests (sent before the "
+                    "previous response), which one span cannot describe: not traced.", "protocol",
+                    s.pipelined_exchanges),
         _counter("kernel_read_failures", "Payload copies that failed in the probes.", s.kernel_read_failures),
         _counter("bytes_read", "Bytes of socket traffic seen (exact counts, captured or not).", s.bytes_read),
         _counter_by("parse_failures", "Exchanges a protocol could not parse (skipped).", "protocol",

@@ -198,7 +198,7 @@ def sidecar_container(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -
         # Kubernetes), and bpf()/perf_event_open() would fail.
         "runAsUser": 0,
         "runAsNonRoot": False,
-        "capabilities": {"drop": ["ALL"], "add": list(cfg.sidecar_capabilities)},
+        "capabilities": {"drop": ["ALL"], "add": sidecar_capabilities(cfg)},
     }
     if cfg.sidecar_prometheus_port:
         container["ports"] = [{"name": METRICS_PORT_NAME, "containerPort": cfg.sidecar_prometheus_port,
@@ -213,6 +213,14 @@ def sidecar_container(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -
     if cfg.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
+
+
+def sidecar_capabilities(cfg: WebhookConfig) -> list[str]:
+    """The configured capabilities, plus NET_RAW (its packet socket) when network metrics are on."""
+    caps = list(cfg.sidecar_capabilities)
+    if cfg.sidecar_network_metrics and "NET_RAW" not in caps:
+        caps.append("NET_RAW")
+    return caps
 
 
 def sidecar_env(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -> list[dict[str, Any]]:
@@ -242,6 +250,8 @@ def sidecar_env(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -> list
     literal("BEYLA_TRACE_PRINTER", cfg.sidecar_trace_printer)
     if cfg.sidecar_prometheus_port:
         literal("BEYLA_PROMETHEUS_PORT", str(cfg.sidecar_prometheus_port))
+    if cfg.sidecar_network_metrics:
+        literal("BEYLA_NETWORK_METRICS", "true")
     for name, value in cfg.passthrough_env():
         literal(name, value)
     env.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource_attributes(meta, owners, container_names)})

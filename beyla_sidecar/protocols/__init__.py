@@ -7,11 +7,12 @@ from .base import Protocol
 _PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRequest
 
 
-def all_protocols() -> tuple[Protocol, ...]:
-    """Every protocol, in the order detection tries them."""
+def all_protocols(db_query_text: str = "sanitized") -> tuple[Protocol, ...]:
+    """Every protocol, in the order detection tries them. `db_query_text`: BEYLA_DB_QUERY_TEXT."""
     from .http1 import HTTP1
+    from .redis import Redis
 
-    return (HTTP1(),)
+    return (HTTP1(), Redis(db_query_text))
 
 
 def guess_protocol(request: bytes, response: bytes) -> str:

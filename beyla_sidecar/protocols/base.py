@@ -73,6 +73,9 @@ class Parsed(NamedTuple):
     # The protocol the connection switched to, when this exchange only switched (an h2c upgrade,
     # whose answer comes in that protocol): no span; the connection counts as that protocol's.
     upgrade: str | None = None
+    # The record holds several requests sent back to back before their responses (pipelining):
+    # one span cannot describe them (whose sizes, whose end?), so none is made; it is counted.
+    pipelined: bool = False
 
 
 class Protocol(ABC):
@@ -98,6 +101,11 @@ class Protocol(ABC):
         more of the response is known to be due (a declared length not reached): it then ends
         with its next byte's quiet, the connection's next request or its close. Default: yes."""
         return True
+
+    def closed(self, sock_id: int) -> None:
+        """Connection `sock_id`, bound to this protocol, is gone (closed, evicted, or its id reused
+        by a new connection): forget what was kept for it (Redis: its SELECTed database).
+        Default: nothing is kept per connection."""
 
     def path(self, request: Message) -> str | None:
         """The URL path of a request, which route grouping turns into `route`; None: no paths."""

@@ -253,6 +253,17 @@ def content_length(b: bytes, head: int) -> int | None:
 NO_BODY_STATUS = frozenset((204, 304))
 
 
+def _pipelined(rec: ExchangeRecord, fields: RequestFields, size: int) -> bool:
+    """Does the request direction go on past the first request's end (its head, then the body
+    its Content-Length declares, none without one)? Then more requests were sent before its
+    response: pipelining. A stray CRLF after a body is tolerated; a chunked body, or a head
+    longer than the prefix, cannot be measured here: not called pipelined."""
+    _, _, head, chunked, _ = fields
+    if chunked or not head:
+        return False
+    return size > (content_length(rec.request, head) or 0) + 2
+
+
 def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> HttpRequest | None:
     """The request of an exchange record, None when its prefix is no HTTP/1 request line.
     `fields`: request_fields(rec.request), when the caller has them already."""
@@ -338,6 +349,8 @@ class HTTP1(Protocol):
             if rfields is None:
                 return None
             response = parse_response(rec, rfields)
+        if request.size and request.size > 2 and _pipelined(rec, fields, request.size):
+            return Parsed(request, response, pipelined=True)
         # after a protocol switch or an accepted CONNECT the bytes are no longer HTTP
         ends = response is not None and (response.status_code == 101 or (
             request.method == "CONNECT" and 200 <= response.status_code < 300))

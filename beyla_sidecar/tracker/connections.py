@@ -50,6 +50,7 @@ class TrackerStats:
     parse_failures: dict[str, int] = field(default_factory=dict)
     unrecognised_connections: dict[tuple[str, int], int] = field(default_factory=dict)  # (guess, port)
     unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    pipelined: dict[str, int] = field(default_factory=dict)  # by protocol: exchanges no span can describe
 
 
 class Connection:
@@ -99,10 +100,11 @@ class Tracker:
         """Client exchanges waiting for their parent's record."""
         return sum(len(v) for v in self._waiting.values())
 
-    def handle(self, ev: Event) -> None:
-        """A CONN_OPEN or CONN_CLOSE event."""
+    def handle(self, ev: Event, excluded: bool = False) -> None:
+        """A CONN_OPEN or CONN_CLOSE event. `excluded`: a connection of a process the selection
+        turned out not to include (it reported while pending): its exchanges are dropped."""
         if ev.type is EventType.CONN_OPEN:
-            self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid, ev.tls)
+            self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid, ev.tls).ignored = excluded
         else:
             self._close(ev.sock_id)
 
@@ -114,10 +116,11 @@ class Tracker:
             return
         self._record(rec)
 
-    def sweep(self, records: Iterable[ExchangeRecord], finished_only: bool = True) -> None:
+    def sweep(self, records: Iterable[ExchangeRecord], finished_only: bool = True) -> list[ExchangeRecord]:
         """Exchanges found idle in the kernel's state: ended now, unless their protocol knows
         more response bytes are due (`finished_only`); the kernel's own record of each ended
-        one, sent later, is dropped."""
+        one, if it sends it later, is dropped. Returns those ended (for the kernel to know)."""
+        ended = []
         for rec in records:
             if self._swept.get(rec.sock_id) == rec.req_start_ns:
                 continue  # already ended by an earlier sweep
@@ -125,6 +128,8 @@ class Tracker:
                 continue
             self._record(rec)  # first: a connection it opens forgets the sock_id's swept mark
             self._swept[rec.sock_id] = rec.req_start_ns
+            ended.append(rec)
+        return ended
 
     def _finished(self, rec: ExchangeRecord) -> bool:
         c = self._conns.get(rec.sock_id)
@@ -155,12 +160,12 @@ class Tracker:
         old = self._conns.pop(sock_id, None)
         if old is not None:
             self._count_unrecognised(old)  # the address was reused, or the socket turned TLS
-            self._drop(old)  # its process may not be this one
+            self._drop(sock_id, old)  # its process may not be this one
         self._per_pid[pid] = self._per_pid.get(pid, 0) + 1
         c = self._conns[sock_id] = Connection(role, conn, pid, ns_pid, tls)
         self._swept.pop(sock_id, None)
         if len(self._conns) > self._max_connections:
-            self._drop(self._conns.popitem(last=False)[1])
+            self._drop(*self._conns.popitem(last=False))
             self.stats.connections_evicted += 1
         return c
 
@@ -169,9 +174,11 @@ class Tracker:
         c = self._conns.pop(sock_id, None)
         if c is not None:
             self._count_unrecognised(c)
-            self._drop(c)
+            self._drop(sock_id, c)
 
-    def _drop(self, c: Connection) -> None:
+    def _drop(self, sock_id: int, c: Connection) -> None:
+        if c.protocol is not None:
+            c.protocol.closed(sock_id)  # the id may come back, for another connection
         left = self._per_pid.get(c.pid, 0) - 1
         if left > 0:
             self._per_pid[c.pid] = left
@@ -195,6 +202,10 @@ class Tracker:
         if parsed is None:
             name = c.protocol.name
             self.stats.parse_failures[name] = self.stats.parse_failures.get(name, 0) + 1
+            return
+        if parsed.pipelined:
+            name = c.protocol.name
+            self.stats.pipelined[name] = self.stats.pipelined.get(name, 0) + 1
             return
         if parsed.upgrade is not None:  # nothing of its own to report: the answer is in that protocol
             c.protocol, c.guess, c.attempts = None, parsed.upgrade, c.attempts or 1

@@ -1,9 +1,8 @@
-"""Fixtures for tests that load the real probes: root, probe sessions, the traffic generator."""
+"""Fixtures for tests that load the real probes: probe sessions, the traffic generator."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,14 +16,6 @@ from beyla_sidecar.bpf.loader import Probes
 
 
 TRAFFIC = Path(__file__).with_name("traffic.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if Path(str(item.fspath)).parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.bpf)
-            if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="loads eBPF programs: needs root"))
 
 
 @pytest.fixture

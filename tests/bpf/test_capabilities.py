@@ -59,6 +59,7 @@ def problems(report: str) -> list[str]:
     return [line.removeprefix("problem: ") for line in report.splitlines() if line.startswith("problem: ")]
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("uid", [0, 1000])
 def test_check_passes_under_exactly_the_documented_set(uid: int) -> None:
     """Linux 6.6+: uprobe_multi links need BPF and PERFMON only, no SYS_ADMIN."""
@@ -71,6 +72,7 @@ def test_check_passes_under_exactly_the_documented_set(uid: int) -> None:
     assert problems(proc.stdout) == []
 
 
+@pytest.mark.bpf
 def test_check_fails_and_names_the_fix_without_perfmon() -> None:
     proc = check_under(NO_PERFMON, 0)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -82,6 +84,7 @@ def test_check_fails_and_names_the_fix_without_perfmon() -> None:
     ]
 
 
+@pytest.mark.bpf
 def test_perf_uprobes_are_refused_without_sys_admin_and_the_problem_says_so() -> None:
     """The cause of issue 14: perf events of the uprobe PMU need CAP_SYS_ADMIN (Linux 6.16+ and
     stable backports), CAP_PERFMON is not enough. Without uprobe_multi links that is the fix."""

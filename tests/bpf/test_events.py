@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from beyla_sidecar.bpf import events
-from beyla_sidecar.bpf.events import (CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA, PROCESS_EVENTS, Decoder,
+from beyla_sidecar.bpf.events import (ANNOUNCED_IN_STATE, CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA,
+                                      EXEC_EXTRA, PROCESS_EVENTS, Decoder,
                                       RESP_END_IN_STATE, End, EventType, ExchangeRecord, Role,
                                       decode_exchange)
 from beyla_sidecar.bpf.loader import _LISTEN_KEY, COUNTER_NAMES
@@ -27,6 +28,7 @@ LAYOUT_C = r"""
 #include "beyla.h"
 #define E(m) printf("exchange.%s %zu\n", #m, offsetof(struct exchange, m));
 #define C(m) printf("conn_event.%s %zu\n", #m, offsetof(struct conn_event, m));
+#define X(m) printf("exec_event.%s %zu\n", #m, offsetof(struct exec_event, m));
 int main(void) {
     printf("conn_event %zu\nreq_max %d\nresp_max %d\ntp %d\n", sizeof(struct conn_event),
            REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, TRACEPARENT_CAPTURE);
@@ -34,11 +36,14 @@ int main(void) {
     E(type) E(flags) E(role) E(end) E(pid) E(ns_pid) E(tid) E(sock_id) E(req_start_ns) E(req_end_ns)
     E(resp_start_ns) E(resp_end_ns) E(req_bytes) E(resp_bytes) E(parent_sock) E(parent_start)
     E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(traceparent) E(data)
+    X(exe) X(path_len) X(path)
+    printf("exec_event %zu\npath_max %d\nFLAG_PENDING %d\n", sizeof(struct exec_event), EXE_PATH_MAX, FLAG_PENDING);
     printf("FLAG_TLS %d\nFLAG_TRACEPARENT %d\nFLAG_TRUNCATED %d\nEND_NEXT_REQUEST %d\nEND_CLOSE %d\n",
            FLAG_TLS, FLAG_TRACEPARENT, FLAG_TRUNCATED, END_NEXT_REQUEST, END_CLOSE);
     printf("EVENT_EXCHANGE %d\nEVENT_PROCESS_LISTEN %d\n", EVENT_EXCHANGE, EVENT_PROCESS_LISTEN);
-    printf("COUNTER_RINGBUF_DROPS %d\nCOUNTER_READ_FAILS %d\nCOUNTER_ORPHAN_RESPONSES %d\n",
-           COUNTER_RINGBUF_DROPS, COUNTER_READ_FAILS, COUNTER_ORPHAN_RESPONSES);
+    printf("COUNTER_EVENT_DROPS %d\nCOUNTER_READ_FAILS %d\nCOUNTER_ORPHAN_RESPONSES %d\n"
+           "COUNTER_EXCHANGE_DROPS %d\n", COUNTER_EVENT_DROPS, COUNTER_READ_FAILS, COUNTER_ORPHAN_RESPONSES,
+           COUNTER_EXCHANGE_DROPS);
     return 0;
 }
 """
@@ -77,8 +82,13 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
         events.FLAG_TLS, events.FLAG_TRACEPARENT, events.FLAG_TRUNCATED)
     assert (out["END_NEXT_REQUEST"], out["END_CLOSE"]) == (End.NEXT_REQUEST, End.CLOSE)
     assert (out["EVENT_EXCHANGE"], out["EVENT_PROCESS_LISTEN"]) == (EventType.EXCHANGE, EventType.PROCESS_LISTEN)
-    assert [out["COUNTER_RINGBUF_DROPS"], out["COUNTER_READ_FAILS"], out["COUNTER_ORPHAN_RESPONSES"]] == [
-        COUNTER_NAMES.index(name) for name in ("ringbuf_drops", "read_fails", "orphan_responses")]
+    assert [out["COUNTER_EVENT_DROPS"], out["COUNTER_READ_FAILS"], out["COUNTER_ORPHAN_RESPONSES"],
+            out["COUNTER_EXCHANGE_DROPS"]] == [
+        COUNTER_NAMES.index(name) for name in ("event_drops", "read_fails", "orphan_responses", "exchange_drops")]
+    assert (out["exec_event.exe"], out["exec_event.path_len"], out["exec_event.path"]) == (
+        CONN_EVENT.size, CONN_EVENT.size + 16, CONN_EVENT.size + EXEC_EXTRA.size)
+    assert out["exec_event"] == CONN_EVENT.size + EXEC_EXTRA.size + events.EXE_PATH_MAX == 96 + 24 + 256
+    assert (out["path_max"], out["FLAG_PENDING"]) == (events.EXE_PATH_MAX, events.FLAG_PENDING)
 
 
 @pytest.mark.bpf
@@ -88,6 +98,7 @@ def test_kernel_state_layouts_match_the_object_btf() -> None:
     assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
     size, members = btf_struct("conn_state")
     assert members["rec"] == CONN_STATE.size == 24 and members["phase"] == 0 and members["tp_len"] == 16
+    assert members["announced"] == ANNOUNCED_IN_STATE
     assert RESP_END_IN_STATE.size == CONN_STATE.size + btf_struct("exchange")[1]["resp_end_ns"] + 8
     size, members = btf_struct("listen_key")
     assert size == _LISTEN_KEY.size and members == {"netns": 0, "port": 4, "_pad": 6}
@@ -146,3 +157,16 @@ def test_decode_connection_and_process_events() -> None:
     assert decoder.decode(conn_record(EventType.CONN_OPEN)[:50]) is None
     v6 = decoder.decode(conn_record(EventType.CONN_CLOSE, family=socket.AF_INET6))
     assert v6 is not None and v6.tuple.local_addr == "a01:203::"  # type: ignore[union-attr]
+
+
+def test_decode_exec_event_with_executable() -> None:
+    path = b"/usr/bin/curl"
+    extra = EXEC_EXTRA.pack(1234, (8 << 20) | 1, 77, len(path)) + path
+    ev = Decoder().decode(conn_record(EventType.PROCESS_EXEC, flags=events.FLAG_PENDING) + extra)
+    assert ev is not None and not isinstance(ev, ExchangeRecord)
+    assert (ev.type, ev.pending, ev.exe, ev.path) == (EventType.PROCESS_EXEC, True, (1234, (8 << 20) | 1, 77),
+                                                       "/usr/bin/curl")
+    plain = Decoder().decode(conn_record(EventType.PROCESS_EXEC))  # no selection at exec: no executable
+    assert plain is not None and (plain.pending, plain.exe, plain.path) == (False, None, "")  # type: ignore[union-attr]
+    bad = EXEC_EXTRA.pack(1234, 1, 0, 300) + path  # a path longer than the record
+    assert Decoder().decode(conn_record(EventType.PROCESS_EXEC) + bad) is None

@@ -119,6 +119,7 @@ def collect(reader: RingReader, limit: int | None = None) -> list[bytes]:
     return records
 
 
+@pytest.mark.bpf
 def test_every_record_in_order_with_its_length_and_contents(ring_program: RingFactory) -> None:
     program = ring_program(ring_size=64 << 10)
     trigger(64)
@@ -127,6 +128,7 @@ def test_every_record_in_order_with_its_length_and_contents(ring_program: RingFa
     assert (program.triggers, program.drops) == (64, 0)
 
 
+@pytest.mark.bpf
 def test_discarded_records_are_skipped(ring_program: RingFactory) -> None:
     program = ring_program(ring_size=64 << 10, discard_every=3)
     trigger(60)
@@ -134,6 +136,7 @@ def test_discarded_records_are_skipped(ring_program: RingFactory) -> None:
     assert (program.triggers, program.drops) == (60, 0)
 
 
+@pytest.mark.bpf
 def test_wraps_around_many_times(ring_program: RingFactory) -> None:
     """20 000 records through a 16 KiB ring, drained every 8: well under a full ring each time."""
     program = ring_program(discard_every=5)
@@ -152,6 +155,7 @@ def test_wraps_around_many_times(ring_program: RingFactory) -> None:
     assert straddling > 100  # records split by the end of the data area, read whole
 
 
+@pytest.mark.bpf
 def test_a_full_ring_drops_and_counts_what_does_not_fit(ring_program: RingFactory) -> None:
     program = ring_program(size_index=SIZES.index(400))
     fits = SMALL_RING // footprint(400)
@@ -163,6 +167,7 @@ def test_a_full_ring_drops_and_counts_what_does_not_fit(ring_program: RingFactor
     assert (program.triggers, program.drops) == (110, 100 - fits)
 
 
+@pytest.mark.bpf
 def test_limit_stops_early_and_the_rest_stays(ring_program: RingFactory) -> None:
     program = ring_program(discard_every=4)
     trigger(12)
@@ -172,6 +177,7 @@ def test_limit_stops_early_and_the_rest_stays(ring_program: RingFactory) -> None
     assert collect(program.reader) == kept[4:]
 
 
+@pytest.mark.bpf
 def test_a_record_whose_handler_raised_is_consumed(ring_program: RingFactory) -> None:
     program = ring_program()
     trigger(5)
@@ -189,6 +195,7 @@ def test_a_record_whose_handler_raised_is_consumed(ring_program: RingFactory) ->
     assert collect(program.reader) == [cycled(3), cycled(4)]
 
 
+@pytest.mark.bpf
 def test_wait_returns_on_a_forced_wakeup_and_not_before(ring_program: RingFactory) -> None:
     """A record submitted with BPF_RB_NO_WAKEUP leaves the reader asleep until its timeout;
     one with BPF_RB_FORCE_WAKEUP wakes it at once."""
@@ -211,6 +218,7 @@ def test_wait_returns_on_a_forced_wakeup_and_not_before(ring_program: RingFactor
     assert collect(program.reader) == [cycled(0), cycled(1)]
 
 
+@pytest.mark.bpf
 def test_a_concurrent_producer_loses_nothing_silently(ring_program: RingFactory) -> None:
     """Another process writes while we read (on another CPU where there is one): every record
     arrives whole and in order, and what did not fit is counted."""
@@ -249,6 +257,7 @@ def test_the_size_must_be_a_power_of_two_of_pages(size: int) -> None:
         RingReader(-1, size)
 
 
+@pytest.mark.bpf
 def test_close_is_idempotent(ring_program: RingFactory) -> None:
     program = ring_program()
     program.reader.close()

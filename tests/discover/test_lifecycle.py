@@ -19,6 +19,9 @@ from beyla_sidecar.discover.maps import executable_files, listening_ports, own_n
 from beyla_sidecar.discover.selection import Selector
 
 from ..e2e.pod import Pod
+
+pytestmark = pytest.mark.bpf  # pods: PID namespaces (unshare) need root
+
 SSL_APP = "import socket, ssl, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); " \
           "print(s.getsockname()[1], flush=True); sys.stdin.read()"
 PLAIN_APP = "import sys; print(0, flush=True); sys.stdin.read()"

@@ -36,6 +36,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate what still runs, killing what does not stop within 5 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class Pod:
     """Processes started through `run` live in the pod's PID namespace; `run_outside` do not."""
 
@@ -92,14 +104,7 @@ class Pod:
         init = self.init_pid
         if init is not None:
             os.kill(init, signal.SIGKILL)
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop_all(self._procs)
 
 
 class Sidecar:

@@ -451,3 +451,17 @@ def test_sidecar_prometheus_port_gets_env_named_port_and_liveness_probe():
     default = apply_patch(RS_POD, default_patch)["spec"]["initContainers"][0]
     assert "ports" not in default and "livenessProbe" not in default
     assert all(e["name"] != "BEYLA_PROMETHEUS_PORT" for e in default["env"])
+
+
+def test_network_metrics_add_net_raw_and_the_env_only_when_on():
+    _s, _r, patch = run_case(RS_POD, "shop", "/mutate", {"BEYLA_WEBHOOK_SIDECAR_NETWORK_METRICS": "true"})
+    pod = apply_patch(RS_POD, patch)
+    container = pod["spec"]["initContainers"][0]
+    assert container["securityContext"]["capabilities"]["add"] == [
+        "BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "CHECKPOINT_RESTORE", "NET_RAW"]
+    assert {"name": "BEYLA_NETWORK_METRICS", "value": "true"} in container["env"]
+    validate_k8s(pod)
+    _s, _r, default_patch = run_case(RS_POD, "shop", "/mutate", {})
+    default = apply_patch(RS_POD, default_patch)["spec"]["initContainers"][0]
+    assert "NET_RAW" not in default["securityContext"]["capabilities"]["add"]
+    assert all(e["name"] != "BEYLA_NETWORK_METRICS" for e in default["env"])

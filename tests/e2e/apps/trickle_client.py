@@ -1,0 +1,28 @@
+"""Test client: sends the bytes of stdin on a new connection in pieces, each its own write
+(TCP_NODELAY, a pause between them so that each is also its own read at the server), then
+prints the status line of the answer (read to its end: the request asks the server to close).
+
+    trickle_client.py PORT SIZES    SIZES: comma-separated piece sizes, the last one repeated
+                                    ("1": byte by byte; "1,2,3,1000": "G", "ET", " / ", the rest)
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+request = sys.stdin.buffer.read()
+sizes = [int(s) for s in sys.argv[2].split(",")]
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as s:
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    at, i = 0, 0
+    while at < len(request):
+        size = sizes[min(i, len(sizes) - 1)]
+        s.sendall(request[at:at + size])
+        at, i = at + size, i + 1
+        time.sleep(0.002)
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+print(answer.split(b"\r\n", 1)[0].decode())

@@ -1,0 +1,34 @@
+"""Test app: an HTTP/1.1 server that writes each response in pieces, each its own write
+(TCP_NODELAY, a pause between them), one connection at a time, closing after each answer.
+GET /hello answers 200 "hello\\n".
+
+    trickle_server.py PORT SIZES    SIZES: comma-separated piece sizes, the last one repeated
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n"
+
+sizes = [int(s) for s in sys.argv[2].split(",")]
+with socket.create_server(("127.0.0.1", int(sys.argv[1]))) as server:
+    print("listening", flush=True)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                request += chunk
+            at, i = 0, 0
+            while at < len(RESPONSE):
+                size = sizes[min(i, len(sizes) - 1)]
+                conn.sendall(RESPONSE[at:at + size])
+                at, i = at + size, i + 1
+                time.sleep(0.002)

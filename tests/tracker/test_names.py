@@ -1,0 +1,36 @@
+"""The address -> name cache learnt from DNS answers: TTLs (with a floor), size bound, eviction count."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from beyla_sidecar.tracker.names import MIN_KEEP_SECONDS, NameCache, kubernetes_service
+
+A, B, C = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
+
+
+def test_a_name_lives_for_its_ttl_but_at_least_the_floor() -> None:
+    cache = NameCache(10)
+    cache.learn("short.test", A, 0, now=100.0)
+    cache.learn("long.test", B, 3600, now=100.0)
+    assert cache.name(A, 100.0 + MIN_KEEP_SECONDS - 1) == "short.test"
+    assert cache.name(A, 100.0 + MIN_KEEP_SECONDS) is None
+    assert cache.name(B, 100.0 + 3599) == "long.test"
+    assert cache.name(C, 100.0) is None
+
+
+def test_the_bound_drops_the_oldest_answer_and_counts_it() -> None:
+    cache = NameCache(2)
+    cache.learn("a.test", A, 30, now=0.0)
+    cache.learn("b.test", B, 30, now=0.0)
+    cache.learn("a2.test", A, 30, now=1.0)  # A answered again: the freshest now
+    cache.learn("c.test", C, 30, now=2.0)
+    assert (cache.name(A, 3.0), cache.name(B, 3.0), cache.name(C, 3.0)) == ("a2.test", None, "c.test")
+    assert len(cache) == 2 and cache.evictions == 1
+
+
+def test_kubernetes_service_names() -> None:
+    assert kubernetes_service("orders.shop.svc.cluster.local") == ("orders", "shop")
+    assert kubernetes_service("pod-0.db.data.svc.cluster.local") == ("db", "data")
+    assert kubernetes_service("backend.test") is None
+    assert kubernetes_service("svc.cluster.local") is None
