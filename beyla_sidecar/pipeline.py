@@ -50,6 +50,10 @@ IDLE_NS = 500_000_000
 # Longest wait between two drains while the ring stays empty (BEYLA_POLL_INTERVAL_MS applies as
 # soon as records come; the probes wake the reader themselves when the ring fills a quarter).
 IDLE_POLL_MS = 100
+# Records handled per ring read. Between two reads the loop's syscalls let the span export
+# thread take the GIL: a 100 ms backlog handled in one go would reach the span queue
+# (OTEL_BSP_MAX_QUEUE_SIZE, 2048) faster than the exporter empties it.
+DRAIN_BATCH = 512
 # A process's sockets close after its exit event: its state goes with its last connection,
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
@@ -337,8 +341,11 @@ class Pipeline:
                 while not stop.is_set():
                     # an idle pod backs off to IDLE_POLL_MS: ten idle sidecars on a node would
                     # otherwise wake 1 000 times a second between them
-                    got = probes.poll(wait_ms, self.on_record)
-                    wait_ms = timeout_ms if got else min(IDLE_POLL_MS, wait_ms * 2)
+                    got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH)
+                    if got == DRAIN_BATCH:
+                        wait_ms = 0  # more is waiting: round the loop again at once
+                    else:
+                        wait_ms = timeout_ms if got else min(IDLE_POLL_MS, wait_ms * 2)
                     self.discovery.flush()
                     now = time.monotonic()
                     if self._exited:

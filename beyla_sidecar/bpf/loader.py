@@ -315,26 +315,26 @@ class Probes:
         """The socket probes look for SSL calls in progress only while some file is probed."""
         self._tls_files.update(_U32.pack(0), _U32.pack(len(self._uprobes)))
 
-    def poll(self, timeout_ms: int, callback: RecordHandler) -> int:
-        """Wait up to timeout_ms, then hand every record to callback; number handled.
+    def poll(self, timeout_ms: int, callback: RecordHandler, limit: int | None = None) -> int:
+        """Wait up to timeout_ms, then hand the records (at most `limit`) to callback; number handled.
         The probes only wake the reader when the ring is 1/WAKEUP_FRACTION full, so this
         normally returns after timeout_ms: that is the delivery latency.
         callback gets a memoryview into the ring, valid only during the call.
         An exception from callback propagates (the record that raised counts as consumed)."""
-        return self._drain(callback, timeout_ms)
+        return self._drain(callback, timeout_ms, limit)
 
     def consume(self, callback: RecordHandler) -> int:
         """Hand every record already in the ring buffer to callback, without waiting."""
-        return self._drain(callback, None)
+        return self._drain(callback, None, None)
 
-    def _drain(self, callback: RecordHandler, timeout_ms: int | None) -> int:
+    def _drain(self, callback: RecordHandler, timeout_ms: int | None, limit: int | None) -> int:
         self._object()
         assert self._ring is not None
         self._polling = True
         try:
             if timeout_ms is not None:
                 self._ring.wait(timeout_ms)
-            return self._ring.drain(callback)
+            return self._ring.drain(callback, limit)
         finally:
             self._polling = False
             if self._close_pending:
