@@ -303,16 +303,25 @@ static __always_inline __u16 capture(struct conn_state *st, __u32 at, __u32 cap,
 	return len;
 }
 
-/* Append the transfer's first bytes (at most `room`) to a prefix that holds all of its
- * message so far, at rec.data[at..]; returns the count. The verifier bounds each copy's end
- * by its offset's largest value plus its length's, but `at` and the length vary independently
- * (at + len <= the prefix's end only holds together): so the copy goes in pieces of constant
+/* Append the transfer's first bytes to the request's (or response's) prefix, which holds all
+ * of its message so far, as far as the capture size leaves room. The verifier bounds each
+ * copy's end by its offset's largest value plus its length's, but the offset and the length
+ * vary independently (their sum only holds together): so the copy goes in pieces of constant
  * sizes, the binary digits of the length, each at an offset re-bounded to leave room for it.
- * popcount(len) reads, only for a message's later transfers while its prefix has room. */
-static __always_inline __u32 append_prefix(struct conn_state *st, __u32 at, __u32 room,
-					   const struct xfer *x, __u32 moved)
+ * popcount(len) reads, only for a message's later transfers while its prefix has room.
+ * A global function (not inlined): the verifier checks it once, instead of walking the rest
+ * of each caller once per combination of pieces (that tripled the probes' load time). */
+__noinline int append_prefix(struct conn_state *st, const struct xfer *x, __u32 moved, bool response)
 {
-	__u32 want = readable(x, moved), done = 0, off, piece;
+	__u32 want, done = 0, off, piece, at, room;
+	__u16 *len;
+
+	if (!st || !x) /* a global function's pointers may be NULL for the verifier */
+		return 0;
+	len = response ? &st->rec.resp_len : &st->rec.req_len;
+	at = response ? st->rec.resp_off + *len : *len;
+	room = (response ? resp_capture : req_capture) - *len;
+	want = readable(x, moved);
 
 	if (want > room)
 		want = room;
@@ -332,7 +341,8 @@ static __always_inline __u32 append_prefix(struct conn_state *st, __u32 at, __u3
 	}
 	/* bytes not appended (unreadable, no room): later ones would not follow on in the prefix */
 	st->filling = done == moved && done < room;
-	return done;
+	*len += done;
+	return 0;
 }
 
 /* Has user space ended this exchange already (its idle sweep)? Only an exchange quiet for
@@ -455,7 +465,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->req_bytes > moved))
 			scan_head(st, x, moved, 0, rec->req_len, &rec->req_head, true);
 		if (st->filling && rec->req_bytes > moved) /* a later transfer: the prefix goes on */
-			rec->req_len += append_prefix(st, rec->req_len, req_capture - rec->req_len, x, moved);
+			append_prefix(st, x, moved, false);
 		return;
 	}
 	if (st->phase == PHASE_IDLE) {
@@ -472,8 +482,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 	if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->resp_bytes > moved))
 		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
 	if (st->filling && rec->resp_bytes > moved)
-		rec->resp_len += append_prefix(st, rec->resp_off + rec->resp_len,
-					       resp_capture - rec->resp_len, x, moved);
+		append_prefix(st, x, moved, true);
 }
 
 #endif /* __BEYLA_EXCHANGE_H */
