@@ -37,3 +37,12 @@ class InstrumentSet:
     instruments: tuple[Instrument, ...]
     attributes: tuple[str, ...]
 
+
+# The semantic conventions' buckets for db.client.operation.duration.
+DB_DURATION_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+# One set for every database protocol: two would make two metrics of the same name in OTLP.
+DB_CLIENT_METRICS = InstrumentSet(
+    (Instrument("db.client.operation.duration", "s", "Duration of database client operations.",
+                DB_DURATION_BOUNDS),),
+    ("db.system.name", "db.operation.name", "db.namespace", "error.type", "server.address", "server.port",
+     "db.response.status_code"))

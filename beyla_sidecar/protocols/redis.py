@@ -58,21 +58,13 @@ from typing import NamedTuple, cast
 
 from ..bpf.events import ConnTuple, End, ExchangeRecord
 from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import AttributeValue, Instrument, InstrumentSet
+from .instruments import DB_CLIENT_METRICS, AttributeValue, InstrumentSet
 
 QUERY_TEXT_MODES = ("raw", "sanitized", "off")
 MAX_TEXT_ARGS = 64  # `?` placeholders in a sanitized command; more show as ` ...`
 MAX_NAME = 32  # longest command name accepted (module commands: `FT._ALIASADDIFNX`)
 PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
 MAX_DB_CONNECTIONS = 16384  # connections whose selected database is remembered (then forgotten at once)
-
-# The semantic conventions' buckets for db.client.operation.duration.
-DB_DURATION_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-DB_CLIENT_METRICS = InstrumentSet(
-    (Instrument("db.client.operation.duration", "s", "Duration of database client operations.",
-                DB_DURATION_BOUNDS),),
-    ("db.system.name", "db.operation.name", "db.namespace", "error.type", "server.address", "server.port",
-     "db.response.status_code"))
 
 # Commands an inline request may start with to be recognised (what health checkers and people type).
 INLINE_COMMANDS = frozenset((

@@ -23,7 +23,7 @@ from beyla_sidecar.bpf.libbpf import BpfError, BpfObject
 from beyla_sidecar.bpf.loader import Probes, pid_namespace_inode
 from beyla_sidecar.bpf.strategy import TRACEPOINT, UPROBE_PROGRAMS
 
-from ..kernel import bpf_prog_ids, loaded_programs, still_loaded, still_loaded
+from ..kernel import bpf_prog_ids, loaded_programs, still_loaded
 from .conftest import Traffic, collect
 from .traffic import payload
 

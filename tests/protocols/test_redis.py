@@ -12,9 +12,8 @@ from beyla_sidecar.config import Config, ConfigError, load
 from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import Parsed, SpanDescription, SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1
-from beyla_sidecar.protocols.redis import (
-    DB_CLIENT_METRICS, DB_DURATION_BOUNDS, MAX_TEXT_ARGS, Redis, RedisRequest, RedisResponse,
-)
+from beyla_sidecar.protocols.instruments import DB_CLIENT_METRICS, DB_DURATION_BOUNDS
+from beyla_sidecar.protocols.redis import MAX_TEXT_ARGS, Redis, RedisRequest, RedisResponse
 from beyla_sidecar.tracker.connections import Tracker
 from beyla_sidecar.tracker.exchange import Exchange
 
