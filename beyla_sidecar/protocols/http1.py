@@ -173,8 +173,8 @@ def _first_line_end(b: bytes) -> int:
 
 # What a request prefix says: its shape (method, path, query, version, host), the traceparent
 # (None when not in the prefix), the head length found in the prefix (0: not there), whether its
-# body is chunked and whether it asks to upgrade to HTTP/2 (h2c).
-RequestFields = tuple[tuple[str, str, str, str, "str | None"], "str | None", int, bool, bool]
+# body is chunked, whether it asks to upgrade to HTTP/2 (h2c) and its declared Content-Length (0: none).
+RequestFields = tuple[tuple[str, str, str, str, "str | None"], "str | None", int, bool, bool, int]
 # What a response prefix says: its shape (status, version), the head length found in the prefix
 # and whether its body is chunked.
 ResponseFields = tuple[tuple[int, str], int, bool]
@@ -198,8 +198,10 @@ def request_fields(b: bytes) -> RequestFields | None:
     if host is None and method == "CONNECT":
         host = path
     upgrade = _header(low, b"\nupgrade:")
+    length = _header(low, b"\ncontent-length:")
     return ((method, path, query, version, host), _traceparent(_header(low, b"\ntraceparent:")), head,
-            _chunked(low), upgrade is not None and b"h2c" in upgrade)
+            _chunked(low), upgrade is not None and b"h2c" in upgrade,
+            int(length) if length is not None and length.isdigit() else 0)
 
 
 def response_fields(b: bytes) -> ResponseFields | None:
@@ -253,15 +255,15 @@ def content_length(b: bytes, head: int) -> int | None:
 NO_BODY_STATUS = frozenset((204, 304))
 
 
-def _pipelined(rec: ExchangeRecord, fields: RequestFields, size: int) -> bool:
+def _pipelined(fields: RequestFields, size: int | None) -> bool:
     """Does the request direction go on past the first request's end (its head, then the body
     its Content-Length declares, none without one)? Then more requests were sent before its
     response: pipelining. A stray CRLF after a body is tolerated; a chunked body, or a head
     longer than the prefix, cannot be measured here: not called pipelined."""
-    _, _, head, chunked, _ = fields
-    if chunked or not head:
+    _, _, head, chunked, _, length = fields
+    if chunked or not head or not size:
         return False
-    return size > (content_length(rec.request, head) or 0) + 2
+    return size > length + 2
 
 
 def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> HttpRequest | None:
@@ -271,7 +273,7 @@ def parse_request(rec: ExchangeRecord, fields: RequestFields | None = None) -> H
         fields = request_fields(rec.request)
         if fields is None:
             return None
-    shape, traceparent, head, chunked, _ = fields
+    shape, traceparent, head, chunked, _, _ = fields
     method, path, query, version, host = shape
     head = rec.req_head or head
     if traceparent is None and rec.traceparent[:len(_TRACEPARENT_NAME)].lower() == _TRACEPARENT_NAME:
@@ -349,14 +351,15 @@ class HTTP1(Protocol):
             if rfields is None:
                 return None
             response = parse_response(rec, rfields)
-        if request.size and request.size > 2 and _pipelined(rec, fields, request.size):
+        if _pipelined(fields, request.size):
             return Parsed(request, response, pipelined=True)
+        if response is None:
+            return Parsed(request, None)
         # after a protocol switch or an accepted CONNECT the bytes are no longer HTTP
-        ends = response is not None and (response.status_code == 101 or (
-            request.method == "CONNECT" and 200 <= response.status_code < 300))
-        if ends and fields[4] and response is not None and response.status_code == 101:
-            return Parsed(request, response, True, "http2")  # the request's answer comes in HTTP/2
-        return Parsed(request, response, ends)
+        if response.status_code == 101:
+            h2c = fields[4]
+            return Parsed(request, response, True, "http2" if h2c else None)  # h2c: its answer comes in HTTP/2
+        return Parsed(request, response, request.method == "CONNECT" and 200 <= response.status_code < 300)
 
     def finished(self, rec: ExchangeRecord) -> bool:
         """Unfinished only when the response declares a length its bytes have not reached (a

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
+
+from pieces import parse_sizes, send_in_pieces
 
 request = sys.stdin.buffer.read()
-sizes = [int(s) for s in sys.argv[2].split(",")]
 with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as s:
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    at, i = 0, 0
-    while at < len(request):
-        size = sizes[min(i, len(sizes) - 1)]
-        s.sendall(request[at:at + size])
-        at, i = at + size, i + 1
-        time.sleep(0.002)
+    send_in_pieces(s, request, parse_sizes(sys.argv[2]))
     answer = b""
     while chunk := s.recv(65536):
         answer += chunk

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
+
+from pieces import parse_sizes, send_in_pieces
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n"
 
-sizes = [int(s) for s in sys.argv[2].split(",")]
+sizes = parse_sizes(sys.argv[2])
 with socket.create_server(("127.0.0.1", int(sys.argv[1]))) as server:
     print("listening", flush=True)
     while True:
         conn, _ = server.accept()
         with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request = b""
             while b"\r\n\r\n" not in request:
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
                 request += chunk
-            at, i = 0, 0
-            while at < len(RESPONSE):
-                size = sizes[min(i, len(sizes) - 1)]
-                conn.sendall(RESPONSE[at:at + size])
-                at, i = at + size, i + 1
-                time.sleep(0.002)
+            send_in_pieces(conn, RESPONSE, sizes)
