@@ -4,7 +4,7 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 DEB_PACKAGES = clang-16 llvm-16 libbpf-dev libbpf1 bpftool make
-TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils redis-server dnsmasq-base
+TEST_DEB_PACKAGES = nginx-light curl wrk iproute2 util-linux procps prometheus openssl libssl-dev gcc libc6-dev binutils redis-server dnsmasq-base memcached mariadb-server mariadb-client postgresql
 STAMP       := $(VENV)/.installed
 PROBE_SRCS  := $(wildcard probes/*.bpf.c probes/*.h probes/Makefile)
 
@@ -47,7 +47,7 @@ test: install test-deps
 unit: $(STAMP)
 	$(VENV)/bin/pytest -m "not bpf"
 
-# `make bench`: about 16 minutes; `make bench BENCH_QUICK=1` checks the harness in ~6.
+# `make bench`: about 19 minutes; `make bench BENCH_QUICK=1` checks the harness in ~7.
 # Figures go to benchmarks/results/ (latest.md, latest.json); see benchmarks/README.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 

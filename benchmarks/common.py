@@ -34,7 +34,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Settings:
-    """Durations and repetitions; `quick` validates the harness in ~6 minutes."""
+    """Durations and repetitions; `quick` validates the harness in ~7 minutes."""
 
     quick: bool = False
     runs: int = 5             # alternating runs per figure (the issue asks for >= 5)

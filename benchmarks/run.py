@@ -3,8 +3,8 @@
     python -m benchmarks.run [--quick] [--only app_overhead,sidecar_cost,...]
 
 BENCH_QUICK=1 is the same as --quick: 2 runs per figure and short loads, to check the
-harness (figures from it are not meant to be quoted). A full run takes about 16 minutes on
-2 cores. Needs root (BPF, PID namespaces), wrk, nginx, bpftool and the built probes.
+harness (figures from it are not meant to be quoted). A full run takes about 19 minutes on
+2 cores. Needs root (BPF, PID namespaces), wrk, nginx, bpftool, redis-server and the built probes.
 Traffic goes to 127.0.0.1 only; every load and wait is bounded.
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import agent, app_overhead, node_cost, profile, sidecar_cost, startup
+from . import agent, app_overhead, node_cost, profile, redis_cost, sidecar_cost, startup
 from .common import Context, Receiver, Settings, log
 from .results_model import Section, as_json, markdown
 
@@ -31,6 +31,7 @@ MEASUREMENTS = {
     "agent": agent.measure,
     "startup": startup.measure,
     "profile": profile.measure,
+    "redis_cost": redis_cost.measure,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -115,7 +115,7 @@ class Pipeline:
         self.network = (NetworkMetrics(cfg, self.resources.service(self.resources.service_name(None)))
                         if cfg.network_metrics else None)
         self._me = psutil.Process()
-        self._protocol_names = tuple(p.name for p in protocols)
+        self._protocols = protocols
         # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
         self.sampler = make_sampler(cfg.traces_sampler, cfg.traces_sampler_arg)
         # Without a span destination exchanges need no trace context.
@@ -215,7 +215,8 @@ class Pipeline:
             pipelined_exchanges=dict(t.pipelined),
             kernel_read_failures=self.stats.kernel_counters.get("read_fails", 0),
             bytes_read=t.bytes,
-            parse_failures={name: t.parse_failures.get(name, 0) for name in self._protocol_names},
+            parse_failures={p.name: t.parse_failures.get(p.name, 0) for p in self._protocols},
+            protocol_state_drops={p.name: p.state_drops for p in self._protocols},
             requests_completed=t.exchanges,
             spans_exported={k: v.exported for k, v in spans.items()},
             spans_failed={k: v.failed for k, v in spans.items()},

@@ -22,6 +22,7 @@ class SelfStats:
     kernel_read_failures: int = 0  # bpf_probe_read of a payload failed, counted in the kernel
     bytes_read: int = 0
     parse_failures: dict[str, int] = field(default_factory=dict)  # by protocol
+    protocol_state_drops: dict[str, int] = field(default_factory=dict)  # by protocol
     requests_completed: int = 0
     spans_exported: dict[str, int] = field(default_factory=dict)  # by exporter
     spans_failed: dict[str, int] = field(default_factory=dict)
@@ -75,6 +76,9 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
         _counter("bytes_read", "Bytes of socket traffic seen (exact counts, captured or not).", s.bytes_read),
         _counter_by("parse_failures", "Exchanges a protocol could not parse (skipped).", "protocol",
                     s.parse_failures),
+        _counter_by("protocol_state_dropped", "Per-connection protocol state forgotten to stay within its "
+                    "bounds (prepared statements, pending requests): later exchanges that needed it are "
+                    "described with less.", "protocol", s.protocol_state_drops),
         _counter_by_guess("unrecognised_connections", "Connections no protocol module recognised (not "
                           "traced), by a guess from their first bytes and their server port.",
                           s.unrecognised_connections),

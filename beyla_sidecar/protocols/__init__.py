@@ -10,9 +10,14 @@ _PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRe
 def all_protocols(db_query_text: str = "sanitized") -> tuple[Protocol, ...]:
     """Every protocol, in the order detection tries them. `db_query_text`: BEYLA_DB_QUERY_TEXT."""
     from .http1 import HTTP1
+    from .kafka import Kafka
+    from .memcached import Memcached
+    from .mysql import MySQL
+    from .postgresql import PostgreSQL
     from .redis import Redis
 
-    return (HTTP1(), Redis(db_query_text))
+    return (HTTP1(), Redis(db_query_text), PostgreSQL(db_query_text), MySQL(db_query_text),
+            Memcached(db_query_text), Kafka())
 
 
 def guess_protocol(request: bytes, response: bytes) -> str:
@@ -22,6 +27,8 @@ def guess_protocol(request: bytes, response: bytes) -> str:
         return "tls"
     if request.startswith(b"PRI * HTTP/2.0"):
         return "http2"
+    if request[:1] == b"\x80" and len(request) >= 24 and request[5] == 0 and response[:1] in (b"\x81", b""):
+        return "memcached-binary"  # a binary protocol request header (magic 0x80, raw data type)
     if request[:1] in (b"*", b"+") and b"\r\n" in request[:32]:
         return "redis"
     if len(request) >= 8 and int.from_bytes(request[4:8], "big") in _PG_STARTUP:

@@ -76,6 +76,9 @@ class Parsed(NamedTuple):
     # The record holds several requests sent back to back before their responses (pipelining):
     # one span cannot describe them (whose sizes, whose end?), so none is made; it is counted.
     pipelined: bool = False
+    # The exchange is the protocol's own housekeeping (a startup or authentication handshake, TLS
+    # negotiation, a goodbye): no span, no metric, not a failure.
+    housekeeping: bool = False
 
 
 class Protocol(ABC):
@@ -85,6 +88,9 @@ class Protocol(ABC):
     # The span attributes holding the request's and the response's `size`, set when non-zero by
     # the span encoder (sizes differ from one exchange to the next; a description does not).
     size_attributes: tuple[str | None, str | None] = (None, None)
+    # Per-connection state forgotten to stay within its bounds (prepared statements, pending
+    # correlation ids, ...): each dropped item once. Exported as a self-metric by protocol.
+    state_drops: int = 0
 
     @abstractmethod
     def detect(self, request: bytes, response: bytes) -> bool:

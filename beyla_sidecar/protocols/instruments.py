@@ -46,3 +46,11 @@ DB_CLIENT_METRICS = InstrumentSet(
                 DB_DURATION_BOUNDS),),
     ("db.system.name", "db.operation.name", "db.namespace", "error.type", "server.address", "server.port",
      "db.response.status_code"))
+
+# messaging.client.operation.duration: the conventions give it the HTTP duration buckets. One set
+# for every messaging protocol, as for databases.
+MESSAGING_CLIENT_METRICS = InstrumentSet(
+    (Instrument("messaging.client.operation.duration", "s",
+                "Duration of messaging operations initiated by a producer or consumer client.", DURATION_BOUNDS),),
+    ("messaging.system", "messaging.operation.name", "messaging.operation.type", "messaging.destination.name",
+     "messaging.consumer.group.name", "error.type", "server.address", "server.port"))

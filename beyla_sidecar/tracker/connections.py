@@ -51,6 +51,7 @@ class TrackerStats:
     unrecognised_connections: dict[tuple[str, int], int] = field(default_factory=dict)  # (guess, port)
     unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     pipelined: dict[str, int] = field(default_factory=dict)  # by protocol: exchanges no span can describe
+    housekeeping: int = 0  # exchanges a protocol spends on itself (handshakes): nothing to report
 
 
 class Connection:
@@ -206,6 +207,9 @@ class Tracker:
         if parsed.pipelined:
             name = c.protocol.name
             self.stats.pipelined[name] = self.stats.pipelined.get(name, 0) + 1
+            return
+        if parsed.housekeeping:
+            self.stats.housekeeping += 1
             return
         if parsed.upgrade is not None:  # nothing of its own to report: the answer is in that protocol
             c.protocol, c.guess, c.attempts = None, parsed.upgrade, c.attempts or 1

@@ -36,7 +36,7 @@ def page() -> str:
     record(sm, exchange(duration_ns=20_000_000))
     record(sm, exchange(duration_ns=300_000_000))
     return exposition(m.snapshot(), selfmetrics.families(selfmetrics.SelfStats(
-        events_read=10, parse_failures={"http": 2}, spans_dropped={"otlp": 3}, spans_abandoned={"otlp": 4},
+        events_read=10, parse_failures={"http": 2}, protocol_state_drops={"redis": 0, "postgresql": 5}, spans_dropped={"otlp": 3}, spans_abandoned={"otlp": 4},
         metric_exports_abandoned=1), psutil.Process()))
 
 
@@ -73,6 +73,9 @@ def test_target_info_and_self_metrics() -> None:
     assert 'service_name="shop"' in info and 'host_name="node-a"' in info and 'process_pid="7"' in info
     assert "beyla_sidecar_events_read_total 10" in text
     assert 'beyla_sidecar_parse_failures_total{protocol="http"} 2' in text
+    assert lines(text, "beyla_sidecar_protocol_state_dropped_total{") == [
+        'beyla_sidecar_protocol_state_dropped_total{protocol="postgresql"} 5',
+        'beyla_sidecar_protocol_state_dropped_total{protocol="redis"} 0']
     assert 'beyla_sidecar_spans_dropped_total{exporter="otlp"} 3' in text
     assert 'beyla_sidecar_spans_abandoned_total{exporter="otlp"} 4' in text
     assert "beyla_sidecar_metric_exports_abandoned_total 1" in text
