@@ -9,6 +9,10 @@ exchange's values (one per instrument). export/metrics.py aggregates them knowin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Message
 
 # Seconds: the OTel semantic conventions' boundaries for HTTP request durations, a fit for most requests.
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -54,3 +58,10 @@ MESSAGING_CLIENT_METRICS = InstrumentSet(
                 "Duration of messaging operations initiated by a producer or consumer client.", DURATION_BOUNDS),),
     ("messaging.system", "messaging.operation.name", "messaging.operation.type", "messaging.destination.name",
      "messaging.consumer.group.name", "error.type", "server.address", "server.port"))
+
+
+def duration(request: Message, response: Message | None) -> float:
+    """An exchange's duration in seconds: from the request's first byte to the response's last
+    (an unanswered request's end: when its connection closed)."""
+    end = response.end_ns if response is not None else request.end_ns
+    return (end - request.start_ns) / 1e9

@@ -68,7 +68,7 @@ from typing import NamedTuple, cast
 
 from ..bpf.events import ConnTuple, ExchangeRecord
 from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import MESSAGING_CLIENT_METRICS, AttributeValue, InstrumentSet
+from .instruments import MESSAGING_CLIENT_METRICS, AttributeValue, InstrumentSet, duration
 
 PRODUCE, FETCH, OFFSET_COMMIT = 0, 1, 8
 # The highest version of each API key (the index) in Kafka 4.1.
@@ -637,5 +637,4 @@ class Kafka(Protocol):
                                           conn.remote_addr or None, conn.remote_port or None)
 
     def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
-        end = response.end_ns if response is not None else request.end_ns
-        return ((end - request.start_ns) / 1e9,)
+        return (duration(request, response),)

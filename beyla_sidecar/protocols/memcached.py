@@ -55,11 +55,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from ..bpf.events import ConnTuple, ExchangeRecord
-from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import DB_CLIENT_METRICS, AttributeValue, InstrumentSet
+from ..bpf.events import ExchangeRecord
+from .base import Message, Parsed, SpanDescription, SpanKind
+from .database import Database
 
-QUERY_TEXT_MODES = ("raw", "sanitized", "off")
 MAX_TEXT_ARGS = 64  # `?` placeholders in a sanitized command; more show as ` ...`
 MAX_KEY = 250  # memcached's longest key
 PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
@@ -405,15 +404,15 @@ def _due(r: bytes, total: int) -> bool:
 _MISSING = object()
 
 
-class Memcached(Protocol):
+class Memcached(Database):
     """memcached's text protocol (classic and meta commands), client and server side."""
 
     name = "memcached"
+    system = "memcached"
+    streams = frozenset(c.decode() for c in STREAM_COMMANDS)
 
     def __init__(self, query_text: str = "sanitized") -> None:
-        if query_text not in QUERY_TEXT_MODES:
-            raise ValueError(f"query_text: expected one of {QUERY_TEXT_MODES}, got {query_text!r}")
-        self.query_text = query_text
+        super().__init__(query_text)
         self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._replies: dict[tuple[bytes, int, int], ResponseShape] = {}
 
@@ -505,19 +504,3 @@ class Memcached(Protocol):
             if rows >= 0:
                 attrs["db.response.returned_rows"] = rows
         return SpanDescription(operation, attrs, error_type)
-
-    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
-        return DB_CLIENT_METRICS if kind is SpanKind.CLIENT else None
-
-    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
-                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
-        a = desc.attributes
-        operation = a["db.operation.name"]
-        if kind is not SpanKind.CLIENT or str(operation).removeprefix("BATCH ").encode() in STREAM_COMMANDS:
-            return None
-        return DB_CLIENT_METRICS, ("memcached", operation, None, desc.error_type, conn.remote_addr or None,
-                                   conn.remote_port or None, a.get("db.response.status_code"))
-
-    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
-        end = response.end_ns if response is not None else request.end_ns
-        return ((end - request.start_ns) / 1e9,)

@@ -65,12 +65,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from ..bpf.events import ConnTuple, End, ExchangeRecord
-from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import DB_CLIENT_METRICS, AttributeValue, InstrumentSet
+from ..bpf.events import End, ExchangeRecord
+from .base import Message, Parsed, SpanDescription, SpanKind
+from .database import Database, error_attributes
 from .sql import Statement, statement
 
-QUERY_TEXT_MODES = ("raw", "sanitized", "off")
 PARSE_CACHE = 4096  # distinct request prefixes remembered before the cache starts over
 MAX_STATEMENTS = 256  # prepared statements remembered per connection
 MAX_CONNECTIONS = 4096  # connections whose state (database, statements) is remembered
@@ -368,15 +367,14 @@ def error_code(r: bytes) -> str | None:
 _MISSING = object()
 
 
-class MySQL(Protocol):
+class MySQL(Database):
     """MySQL/MariaDB commands and their answers, prepared statements by id per connection."""
 
     name = "mysql"
+    system = "mysql"
 
     def __init__(self, query_text: str = "sanitized") -> None:
-        if query_text not in QUERY_TEXT_MODES:
-            raise ValueError(f"query_text: expected one of {QUERY_TEXT_MODES}, got {query_text!r}")
-        self.query_text = query_text
+        super().__init__(query_text)
         self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._connections: dict[int, _Connection] = {}  # sock_id -> its state, oldest first
 
@@ -558,29 +556,8 @@ class MySQL(Protocol):
             name = operation
         else:
             name = f"{operation} {collection}"
-        error_type = None
         if response is None:
-            error_type = "incomplete"
+            error_type: str | None = "incomplete"
         else:
-            error = cast(str, response.shape)
-            if error:
-                error_type = error
-                if error != "_OTHER":
-                    attrs["db.response.status_code"] = error
+            error_type = error_attributes(cast(str, response.shape), attrs)
         return SpanDescription(name, attrs, error_type)
-
-    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
-        return DB_CLIENT_METRICS if kind is SpanKind.CLIENT else None
-
-    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
-                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
-        if kind is not SpanKind.CLIENT:
-            return None
-        a = desc.attributes
-        return DB_CLIENT_METRICS, ("mysql", a.get("db.operation.name"), a.get("db.namespace"), desc.error_type,
-                                   conn.remote_addr or None, conn.remote_port or None,
-                                   a.get("db.response.status_code"))
-
-    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
-        end = response.end_ns if response is not None else request.end_ns
-        return ((end - request.start_ns) / 1e9,)

@@ -67,12 +67,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from ..bpf.events import ConnTuple, ExchangeRecord
-from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import DB_CLIENT_METRICS, AttributeValue, InstrumentSet
+from ..bpf.events import ExchangeRecord
+from .base import Message, Parsed, SpanDescription, SpanKind
+from .database import Database, error_attributes
 from .sql import Statement, statement
 
-QUERY_TEXT_MODES = ("raw", "sanitized", "off")
 MAX_STATEMENTS = 512  # statements and portals remembered per connection (pgx caches 512, JDBC 256)
 MAX_CONNECTIONS = 1024  # connections whose state (database, statements, a COPY under way) is remembered
 PARSE_CACHE = 4096  # distinct prefixes (and statement texts) remembered before a cache starts over
@@ -406,15 +405,15 @@ def _startup(b: bytes, total: int) -> RequestFields | None:
 _MISSING = object()
 
 
-class PostgreSQL(Protocol):
+class PostgreSQL(Database):
     """PostgreSQL frontend/backend protocol v3: simple and extended queries and their answers."""
 
     name = "postgresql"
+    system = "postgresql"
+    streams = frozenset(("START_REPLICATION",))
 
     def __init__(self, query_text: str = "sanitized") -> None:
-        if query_text not in QUERY_TEXT_MODES:
-            raise ValueError(f"query_text: expected one of {QUERY_TEXT_MODES}, got {query_text!r}")
-        self.query_text = query_text
+        super().__init__(query_text)
         self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._statements: dict[tuple[bytes, bool, bool], tuple[Statement, ...]] = {}
         self._errors: dict[bytes, str] = {}  # response prefix holding an `E` byte -> its first error
@@ -650,34 +649,12 @@ class PostgreSQL(Protocol):
             attrs["db.query.text"] = text
         if batch > 1:
             attrs["db.operation.batch.size"] = batch
-        error_type = None
         if response is None:
-            error_type = "incomplete"
+            error_type: str | None = "incomplete"
         else:
-            error = cast(str, response.shape)
-            if error:
-                error_type = error
-                if error != "_OTHER":
-                    attrs["db.response.status_code"] = error
+            error_type = error_attributes(cast(str, response.shape), attrs)
         if operation is None:
             name = "postgresql"
         else:
             name = f"{operation} {collection}" if collection is not None else operation
         return SpanDescription(name, attrs, error_type)
-
-    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
-        return DB_CLIENT_METRICS if kind is SpanKind.CLIENT else None
-
-    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
-                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
-        a = desc.attributes
-        operation = a.get("db.operation.name")
-        if kind is not SpanKind.CLIENT or operation == "START_REPLICATION":  # a stream's duration
-            return None
-        return DB_CLIENT_METRICS, ("postgresql", operation, a.get("db.namespace"), desc.error_type,
-                                   conn.remote_addr or None, conn.remote_port or None,
-                                   a.get("db.response.status_code"))
-
-    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
-        end = response.end_ns if response is not None else request.end_ns
-        return ((end - request.start_ns) / 1e9,)

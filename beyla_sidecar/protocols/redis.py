@@ -56,11 +56,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from ..bpf.events import ConnTuple, End, ExchangeRecord
-from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
-from .instruments import DB_CLIENT_METRICS, AttributeValue, InstrumentSet
+from ..bpf.events import End, ExchangeRecord
+from .base import Message, Parsed, SpanDescription, SpanKind
+from .database import Database, error_attributes
 
-QUERY_TEXT_MODES = ("raw", "sanitized", "off")
 MAX_TEXT_ARGS = 64  # `?` placeholders in a sanitized command; more show as ` ...`
 MAX_NAME = 32  # longest command name accepted (module commands: `FT._ALIASADDIFNX`)
 PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
@@ -401,15 +400,15 @@ def first_error(b: bytes) -> str:
 _MISSING = object()
 
 
-class Redis(Protocol):
+class Redis(Database):
     """Redis RESP2/RESP3 requests (arrays of bulk strings, or inline) and replies."""
 
     name = "redis"
+    system = "redis"
+    streams = STREAM_COMMANDS
 
     def __init__(self, query_text: str = "sanitized") -> None:
-        if query_text not in QUERY_TEXT_MODES:
-            raise ValueError(f"query_text: expected one of {QUERY_TEXT_MODES}, got {query_text!r}")
-        self.query_text = query_text
+        super().__init__(query_text)
         self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._errors: dict[bytes, str] = {}  # response prefix of a pipeline -> its first error
         self._dbs: dict[int, str] = {}  # sock_id -> database index selected on it
@@ -512,26 +511,5 @@ class Redis(Protocol):
             if operation != "SHUTDOWN":  # a successful SHUTDOWN closes without a reply
                 error_type = "incomplete"
         else:
-            error = cast(str, response.shape)
-            if error:
-                error_type = error
-                if error != "_OTHER":
-                    attrs["db.response.status_code"] = error
+            error_type = error_attributes(cast(str, response.shape), attrs)
         return SpanDescription(operation, attrs, error_type)
-
-    def instruments(self, kind: SpanKind) -> InstrumentSet | None:
-        return DB_CLIENT_METRICS if kind is SpanKind.CLIENT else None
-
-    def metric_attributes(self, kind: SpanKind, conn: ConnTuple, desc: SpanDescription, route: str | None,
-                          extra: frozenset[str]) -> tuple[InstrumentSet, tuple[AttributeValue | None, ...]] | None:
-        a = desc.attributes
-        operation = a["db.operation.name"]
-        if kind is not SpanKind.CLIENT or str(operation).removeprefix("BATCH ") in STREAM_COMMANDS:
-            return None
-        return DB_CLIENT_METRICS, ("redis", operation, a.get("db.namespace"), desc.error_type,
-                                   conn.remote_addr or None, conn.remote_port or None,
-                                   a.get("db.response.status_code"))
-
-    def metric_values(self, request: Message, response: Message | None) -> tuple[float | None, ...]:
-        end = response.end_ns if response is not None else request.end_ns
-        return ((end - request.start_ns) / 1e9,)
