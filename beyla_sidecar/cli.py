@@ -42,16 +42,20 @@ def cmd_check(cfg: Config) -> int:
 
 def _check_network(cfg: Config) -> str | None:
     """The network-metrics row of `check` (BEYLA_NETWORK_METRICS): the problem, or None."""
-    from .bpf.netflow import problem
+    from .bpf import netflow, tcphealth
+    from .network import RTT_BOUNDS
 
     if not cfg.network_metrics:
         print(f"{'network metrics':<20} off (BEYLA_NETWORK_METRICS=false)")
         return None
-    found = problem()
+    found = netflow.problem()
     print(f"{'network metrics':<20} {'no' if found else 'yes (packet socket filter, NET_RAW)'}")
-    if found:
-        print(f"problem: {found}")
-    return found
+    tcp = tcphealth.problem(RTT_BOUNDS)
+    print(f"{'tcp health':<20} {'no' if tcp else 'yes (TCP tracepoints, no capability of its own)'}")
+    for problem in (found, tcp):
+        if problem:
+            print(f"problem: {problem}")
+    return found or tcp
 
 
 def cmd_webhook(cfg: WebhookConfig) -> int:

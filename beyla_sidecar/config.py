@@ -322,6 +322,16 @@ def _network_attributes(raw: str) -> tuple[str, ...]:
     return names
 
 
+MAX_REVERSE_DNS_RATE = 1000.0
+
+
+def _lookup_rate(raw: str) -> float:
+    value = _float(raw)
+    if not 0.0 < value <= MAX_REVERSE_DNS_RATE:  # also refuses nan and inf
+        raise ValueError(f"expected lookups per second above 0 and at most {MAX_REVERSE_DNS_RATE:g}")
+    return value
+
+
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m)")
 
 
@@ -554,24 +564,43 @@ class Config:
     network_metrics: bool = _env(
         "BEYLA_NETWORK_METRICS", "false",
         "L3/L4 flow metrics of the pod (beyla.network.flow.bytes/packets), named from the "
-        "pod's own DNS answers. Needs capability NET_RAW (a packet socket in the pod's network "
-        "namespace, with a BPF socket filter).", _bool)
+        "pod's own DNS answers, and TCP health per destination (beyla.network.tcp.*: failed "
+        "connections, resets, retransmits, RTT). Needs capability NET_RAW (a packet socket in the "
+        "pod's network namespace, with a BPF socket filter).", _bool)
     network_flush_interval: float = _env(
         "BEYLA_NETWORK_FLUSH_INTERVAL", "5s",
-        "How often the kernel's flow map is drained into the flow counters (100ms to 1m).",
+        "How often the kernel's flow and TCP health maps are drained into the metrics (100ms to 1m).",
         _duration(0.1, 60.0))
     network_flow_map_size: int = _env(
         "BEYLA_NETWORK_FLOW_MAP_SIZE", "16384",
         "Flows (5-tuple, direction, interface) the kernel counts between two flushes; packets of new "
         "flows beyond are counted in beyla_sidecar_network_flow_map_full_packets_total. About 60 bytes "
         "of kernel memory per flow and CPU.", _positive_int)
+    network_tcp_map_size: int = _env(
+        "BEYLA_NETWORK_TCP_MAP_SIZE", "4096",
+        "TCP destinations (pod address, peer address, server port) the kernel counts TCP health "
+        "events of between two flushes; events of new destinations beyond are counted in "
+        "beyla_sidecar_network_tcp_map_full_total. About 220 bytes of kernel memory each.", _positive_int)
     network_max_flows: int = _env(
         "BEYLA_NETWORK_MAX_FLOWS", "2000",
-        "Attribute sets of the flow metrics; beyond, traffic goes to one series with "
-        "otel.metric.overflow=true, counted in beyla_sidecar_network_flow_overflows_total.", _positive_int)
+        "Attribute sets of the flow metrics, and separately of the TCP health metrics; beyond, they go "
+        "to one series with otel.metric.overflow=true, counted in "
+        "beyla_sidecar_network_flow_overflows_total (beyla_sidecar_network_tcp_overflows_total).", _positive_int)
     network_dns_cache_size: int = _env(
         "BEYLA_NETWORK_DNS_CACHE_SIZE", "10000",
-        "Addresses named from DNS answers kept at once (each for its TTL, at least 5 minutes).", _positive_int)
+        "Addresses named from DNS answers kept at once (each for its TTL, at least 5 minutes), "
+        "reverse-DNS names and failures included.", _positive_int)
+    network_reverse_dns: bool = _env(
+        "BEYLA_NETWORK_REVERSE_DNS", "false",
+        "Name the destinations no DNS answer of the pod named by a reverse (PTR) lookup through the pod's "
+        "own resolver (/etc/resolv.conf), in a background thread: a flow goes out without dst.name until "
+        "the answer is in; names from the pod's own answers always win. Names are kept 5 minutes, failures "
+        "2 minutes.", _bool)
+    network_reverse_dns_rate: float = _env(
+        "BEYLA_NETWORK_REVERSE_DNS_RATE", "10",
+        "Reverse DNS lookups per second at most (paced, one at a time). At most 10 seconds' worth wait; "
+        "destinations beyond are counted in beyla_sidecar_network_reverse_dns_dropped_total and asked "
+        "for again at a later flush.", _lookup_rate)
     network_extra_attributes: tuple[str, ...] = _env(
         "BEYLA_NETWORK_EXTRA_ATTRIBUTES", "",
         "Attributes added to flow metrics, off by default for cardinality: `src.port` and/or `dst.port` "

@@ -242,7 +242,7 @@ class Pipeline:
         net = self.network
         if net is None:
             return exposition(snapshots, own)
-        return exposition(snapshots, [*own, *net.families()], counter_families(net.snapshot()),
+        return exposition([*snapshots, *net.histograms()], [*own, *net.families()], counter_families(net.snapshot()),
                           [net.counters.resource])
 
     def _metrics_data(self) -> MetricsData:
@@ -250,6 +250,8 @@ class Pipeline:
         now_ns = time.time_ns()
         snapshots = self.metrics.snapshot() if self.metrics is not None else []
         sums = to_sums(self.network.snapshot(), now_ns) if self.network is not None else []
+        if self.network is not None:
+            snapshots = [*snapshots, *self.network.histograms()]
         return to_metrics_data(snapshots, now_ns, sums)
 
     def _start_exporters(self, cleanup: ExitStack) -> None:

@@ -8,11 +8,13 @@
  * Every IP packet adds its bytes and packets to its flow in `flows` (per-CPU hash, drained by user
  * space with batch lookup-and-delete every BEYLA_NETWORK_FLUSH_INTERVAL). The program returns 0
  * (the socket receives nothing) except for DNS answers, which it passes whole so that user space
- * parses names from them (bpf/netflow.py, protocols/dns.py). No DNS parsing in the kernel. */
+ * parses names from them (bpf/netflow.py, protocols/dns.py). No DNS parsing in the kernel.
+ * ICMP errors that answer one of the pod's TCP SYNs are noted for tcphealth.bpf.c (tcpfail.h). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "netflow.h"
+#include "tcpfail.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
@@ -20,6 +22,17 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 #define NEXTHDR_FRAGMENT 44
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PORT_UNREACH 4
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+#define ICMP_HDR_LEN 8
+#define IPPROTO_ICMPV6 58
 #define DNS_PORT 53
 #define LOOPBACK_IFINDEX 1
 
@@ -127,6 +140,61 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct flow_key *ke
 	return (doff >> 4) * 4;
 }
 
+/* What an ICMP error tells a connecting socket, as Linux's TCP reads it (tcp_v4_err,
+ * tcp_v6_err): port unreachable is ECONNREFUSED; fragmentation needed and packet too big are
+ * path MTU news, not errors (TCP_FAILURES: none). */
+static __always_inline __u32 icmp_failure(__u8 proto, __u8 type, __u8 code)
+{
+	if (proto == IPPROTO_ICMP) {
+		if (type == ICMP_DEST_UNREACH)
+			return code == ICMP_PORT_UNREACH ? TCP_FAIL_REFUSED :
+			       code == ICMP_FRAG_NEEDED ? TCP_FAILURES : TCP_FAIL_UNREACHABLE;
+		return type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB ? TCP_FAIL_UNREACHABLE : TCP_FAILURES;
+	}
+	if (type == ICMPV6_DEST_UNREACH)
+		return code == ICMPV6_PORT_UNREACH ? TCP_FAIL_REFUSED : TCP_FAIL_UNREACHABLE;
+	return type == ICMPV6_TIME_EXCEED || type == ICMPV6_PARAMPROB ? TCP_FAIL_UNREACHABLE : TCP_FAILURES;
+}
+
+/* An ICMP error the pod received about a TCP segment it sent: the quoted headers give the
+ * connection's 4-tuple as the pod sent it. Only ICMP packets come here. */
+static __always_inline void note_icmp_error(struct __sk_buff *skb, __u8 proto, int l4)
+{
+	struct icmp_fail_key k = {};
+	__u8 head[2]; /* type, code */
+	__be16 ports[2];
+	__u32 failure;
+	int inner = l4 + ICMP_HDR_LEN;
+
+	if (load_net(skb, l4, head, sizeof(head)))
+		return;
+	failure = icmp_failure(proto, head[0], head[1]);
+	if (failure == TCP_FAILURES)
+		return;
+	if (proto == IPPROTO_ICMP) {
+		struct iphdr ip;
+
+		if (load_net(skb, inner, &ip, sizeof(ip)) || ip.protocol != IPPROTO_TCP)
+			return;
+		map_v4(k.laddr, ip.saddr);
+		map_v4(k.raddr, ip.daddr);
+		inner += ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (load_net(skb, inner, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_TCP)
+			return;
+		__builtin_memcpy(k.laddr, &ip6.saddr, 16);
+		__builtin_memcpy(k.raddr, &ip6.daddr, 16);
+		inner += sizeof(ip6);
+	}
+	if (load_net(skb, inner, ports, sizeof(ports)))
+		return;
+	k.lport = bpf_ntohs(ports[0]);
+	k.rport = bpf_ntohs(ports[1]);
+	bpf_map_update_elem(&icmp_failures, &k, &failure, BPF_ANY);
+}
+
 static __always_inline void account(struct flow_key *key, __u64 bytes, __u64 packets)
 {
 	struct flow_value *v = bpf_map_lookup_elem(&flows, key);
@@ -187,6 +255,8 @@ int netflow(struct __sk_buff *skb)
 	else
 		bytes = ip_len;
 	account(&key, bytes, segs);
+	if (key.direction == FLOW_INGRESS && first_frag && (key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6))
+		note_icmp_error(skb, key.proto, l4);
 
 	/* DNS answers (UDP or TCP from port 53) reach the socket whole; everything else is dropped
 	 * here, so the socket's queue only ever holds DNS answers. */

@@ -125,6 +125,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__value_size": (c_uint32, [_P]),
     "bpf_map__max_entries": (c_uint32, [_P]),
     "bpf_map__set_max_entries": (c_int, [_P, c_uint32]),
+    "bpf_map__reuse_fd": (c_int, [_P, c_int]),
     "bpf_map__initial_value": (_P, [_P, POINTER(c_size_t)]),
     "bpf_map__set_initial_value": (c_int, [_P, c_char_p, c_size_t]),
     "bpf_map_update_elem": (c_int, [c_int, c_char_p, c_char_p, c_uint64]),
@@ -342,6 +343,10 @@ class Map:
     def set_max_entries(self, n: int) -> None:
         """Before load only."""
         _check_int(lib().bpf_map__set_max_entries(self._ptr, n), f"set_max_entries {self.name} {n}")
+
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use the existing map at fd (another object's) instead of creating one."""
+        _check_int(lib().bpf_map__reuse_fd(self._ptr, fd), f"reuse_fd {self.name}")
 
     def initial_value(self) -> bytes:
         """Initial contents of a global-data map (.rodata/.data/.bss) before load."""

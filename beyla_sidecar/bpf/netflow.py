@@ -131,6 +131,7 @@ class PacketFlows:
         obj.load()
         self._flows = obj.map("flows")
         self._counters = obj.map("netflow_counters")
+        self.icmp_failures_fd = obj.map("icmp_failures").fd  # for bpf/tcphealth.py (probes/tcpfail.h)
         self._ncpus = libbpf.num_possible_cpus()
         prog = next(p for p in obj.programs() if p.name == PROGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog.fd)

@@ -8,7 +8,9 @@ other side's name comes from the pod's DNS answers, and a Kubernetes service nam
 Ports are left out unless opted in (BEYLA_NETWORK_EXTRA_ATTRIBUTES): an ephemeral client port
 per connection would make a series per connection. `server.port` is the well-known side: a port
 the pod listens on (TCP) or is bound to (UDP), else the one outside the ephemeral port range,
-else the lower one.
+else the lower one. A destination the pod talks to as a client (the egress side holding the
+server port, or a flow without ports) that has no name is handed to `unnamed` (reverse DNS,
+tracker/reverse_dns.py), which must not block.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from ..bpf.netflow import Flow
 from ..config import Config
 from ..kube.metadata import owner_name
-from .names import NameCache, kubernetes_service
+from .names import Address, NameCache, kubernetes_service
 
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
 SIDE_ATTRIBUTES = ("namespace", "name", "type", "owner.name", "owner.type", "node.name")
@@ -41,6 +43,13 @@ def pod_side(cfg: Config) -> dict[str, str]:
     values = {"namespace": cfg.k8s_namespace, "name": cfg.k8s_pod_name, "type": "Pod" if cfg.k8s_pod_name else "",
               "owner.name": owner, "owner.type": owner_type, "node.name": cfg.k8s_node_name}
     return {k: v for k, v in values.items() if v}
+
+
+def remote_side(name: str | None) -> dict[str, str]:
+    """k8s.<side>.* values (side-less names) of the other side: a Kubernetes service's, when the
+    pod resolved it by its cluster name."""
+    svc = kubernetes_service(name) if name else None
+    return {"name": svc[0], "namespace": svc[1], "type": "Service"} if svc is not None else {}
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -67,8 +76,9 @@ class FlowAttributes:
     """Builds the attribute tuple (in ATTRIBUTES order) of each flow."""
 
     def __init__(self, names: NameCache, pod: dict[str, str], extra: tuple[str, ...],
-                 listening: Callable[[], set[int]]) -> None:
+                 listening: Callable[[], set[int]], unnamed: Callable[[Address, float], None] | None = None) -> None:
         self._names = names
+        self._unnamed = unnamed
         self._pod = pod
         self._ports = "src.port" in extra, "dst.port" in extra
         self._listening = listening
@@ -94,18 +104,17 @@ class FlowAttributes:
         src_name = self._names.name(f.src, now)
         dst_name = self._names.name(f.dst, now)
         local = f.sport if egress else f.dport
-        side = {"src": dict(self._pod) if egress else {}, "dst": {} if egress else dict(self._pod)}
-        remote, remote_name = ("dst", dst_name) if egress else ("src", src_name)
-        svc = kubernetes_service(remote_name) if remote_name else None
-        if svc is not None:
-            side[remote] = {"name": svc[0], "namespace": svc[1], "type": "Service"}
+        side = {"src": self._pod, "dst": remote_side(dst_name)} if egress else \
+            {"src": remote_side(src_name), "dst": self._pod}
         has_ports = bool(f.sport or f.dport)
+        port = server_port(f.sport, f.dport, local, listening, self._ephemeral)
+        if egress and dst_name is None and self._unnamed is not None and (port is None or port == f.dport):
+            self._unnamed(f.dst, now)
         return (
             f.direction, TRANSPORTS.get(f.proto, str(f.proto)), str(f.src), str(f.dst),
             f.sport if self._ports[0] and has_ports else None,
             f.dport if self._ports[1] and has_ports else None,
             src_name, dst_name,
-            server_port(f.sport, f.dport, local, listening, self._ephemeral),
-            self.iface(f.ifindex),
+            port, self.iface(f.ifindex),
             *(side["src"].get(a) for a in SIDE_ATTRIBUTES), *(side["dst"].get(a) for a in SIDE_ATTRIBUTES),
         )

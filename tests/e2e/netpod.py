@@ -5,8 +5,8 @@ the host's, so tracefs stays mounted and /etc/resolv.conf can be bind-mounted fo
 alone); the peer is an `ip netns` namespace where the servers run. Addresses:
 
     pod  eth0  10.231.0.2/24  fd00:231::2/64
-    peer veth  10.231.0.1/24 (backend.test), 10.231.0.53 (DNS), 10.231.0.3 (a k8s service)
-               fd00:231::1/64
+    peer veth  10.231.0.1/24 (backend.test), 10.231.0.53 (DNS), 10.231.0.3 (a k8s service),
+               10.231.0.4 (no name but a PTR record), fd00:231::1/64
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .pod import Pod, stop_all
 
-POD_V4, PEER_V4, DNS_V4, SVC_V4 = "10.231.0.2", "10.231.0.1", "10.231.0.53", "10.231.0.3"
+POD_V4, PEER_V4, DNS_V4, SVC_V4, UNNAMED_V4 = "10.231.0.2", "10.231.0.1", "10.231.0.53", "10.231.0.3", "10.231.0.4"
 POD_V6, PEER_V6 = "fd00:231::2", "fd00:231::1"
 
 
@@ -82,6 +82,7 @@ class NetPod(Pod):
         for cmd in (["link", "set", f"bsq{tag}", "up"], ["addr", "add", f"{PEER_V4}/24", "dev", f"bsq{tag}"],
                     ["addr", "add", f"{DNS_V4}/24", "dev", f"bsq{tag}"],
                     ["addr", "add", f"{SVC_V4}/24", "dev", f"bsq{tag}"],
+                    ["addr", "add", f"{UNNAMED_V4}/24", "dev", f"bsq{tag}"],
                     ["-6", "addr", "add", f"{PEER_V6}/64", "dev", f"bsq{tag}", "nodad"]):
             ip("-n", peer.name, *cmd)
         resolv = tmp / "resolv.conf"

@@ -11,6 +11,7 @@ packet. Traffic between two other namespaces and on the host must not appear at 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import pytest
 
 from tests.privileges import DOCUMENTED, setpriv
 
-from .netpod import DNS_V4, PEER_V4, PEER_V6, POD_V4, POD_V6, SVC_V4, Netns, NetPod, veth
+from .netpod import DNS_V4, PEER_V4, PEER_V6, POD_V4, POD_V6, SVC_V4, UNNAMED_V4, Netns, NetPod, veth
 from .pod import APPS, Sidecar
 
 pytestmark = pytest.mark.bpf
@@ -90,12 +91,15 @@ def servers(tmp_path: Path, peer: Netns) -> Path:
     (www / "blob").write_bytes(b"b" * 100_000)
     peer.spawn([sys.executable, "-m", "http.server", "8080", "--bind", PEER_V4, "--directory", str(www)],
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for address in (PEER_V4, SVC_V4, PEER_V6):
+    for address in (PEER_V4, SVC_V4, PEER_V6, UNNAMED_V4):
         peer.spawn([sys.executable, str(APPS / "udp_echo.py"), address, "9053"])
     peer.spawn(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
                 "--pid-file=", f"--listen-address={DNS_V4}", "--bind-interfaces", "--local-ttl=30",
                 f"--host-record=backend.test,{PEER_V4},{PEER_V6}",
-                f"--host-record=orders.shop.svc.cluster.local,{SVC_V4}"],
+                f"--host-record=orders.shop.svc.cluster.local,{SVC_V4}",
+                # names only reverse DNS finds (a host-record also makes its PTR record)
+                *(f"--ptr-record={ipaddress.ip_address(a).reverse_pointer},{n}"
+                  for a, n in ((UNNAMED_V4, "reverse.test"), (DNS_V4, "dns.test")))],
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_tcp(peer, PEER_V4, 8080)
     return www
@@ -235,3 +239,42 @@ def test_without_net_raw_one_error_names_the_fix(netpod: NetPod) -> None:
     assert log.count("network metrics disabled") == 1
     assert "NET_RAW" in log and "securityContext.capabilities.add" in log
     assert sidecar.proc.poll() is None  # the rest of the sidecar runs on
+
+
+@pytest.mark.parametrize("reverse", [True, False], ids=["on", "off"])
+def test_reverse_dns_names_a_destination_the_pod_never_resolved(netpod: NetPod, servers: Path, reverse: bool) -> None:
+    """The pod sends to an address without resolving it; dnsmasq has a PTR record for it. On, the
+    flows are named from the first flush after the lookup: the first datagrams may go out
+    unnamed (the lookup happens after the flush that drains them), the ones sent after the
+    answer is in are named, all of them. The sidecar's own PTR query is the pod's traffic to its
+    DNS server, whose address gets named the same way."""
+    start(netpod, BEYLA_NETWORK_REVERSE_DNS=str(reverse).lower())
+    packets = "beyla_network_flow_packets_total"
+    lookups = "beyla_sidecar_network_reverse_dns_lookups_total"
+    egress = dict(direction="egress", transport="udp", dst_address=UNNAMED_V4, server_port="9053")
+    ingress = dict(direction="ingress", transport="udp", src_address=UNNAMED_V4, server_port="9053")
+
+    def by_name(series: Series, match: dict[str, str], side: str) -> dict[str | None, float]:
+        return {labels.get(f"{side}_name"): v for labels, v in flows(series, packets, **match)}
+
+    client(netpod, "udp", UNNAMED_V4, "9053", "100", "4")  # an address: no DNS query
+    settle(netpod, packets, lambda s: sum(by_name(s, egress, "dst").values()) == 4
+           and (not reverse or counter(s, lookups) >= 1))
+    time.sleep(1.0)  # three flushes: the answer is in the cache
+    client(netpod, "udp", UNNAMED_V4, "9053", "100", "6")
+    series = settle(netpod, packets, lambda s: sum(by_name(s, egress, "dst").values()) == 10
+                    and (not reverse or counter(s, lookups) >= 2))
+
+    out, back = by_name(series, egress, "dst"), by_name(series, ingress, "src")
+    if reverse:
+        assert set(out) <= {None, "reverse.test"} and out["reverse.test"] >= 6, out
+        assert set(back) <= {None, "reverse.test"} and back["reverse.test"] >= 6, back
+        assert sum(out.values()) == sum(back.values()) == 10
+        dns = by_name(series, dict(direction="egress", transport="udp", dst_address=DNS_V4, server_port="53"), "dst")
+        assert set(dns) <= {None, "dns.test"} and sum(dns.values()) >= 2, dns
+        assert (counter(series, lookups), counter(series, "beyla_sidecar_network_reverse_dns_failures_total"),
+                counter(series, "beyla_sidecar_network_reverse_dns_dropped_total")) == (2, 0, 0)
+    else:
+        assert out == {None: 10} and back == {None: 10}
+        assert not flows(series, packets, dst_address=DNS_V4)  # no query at all
+        assert counter(series, lookups) == 0

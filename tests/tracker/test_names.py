@@ -34,3 +34,32 @@ def test_kubernetes_service_names() -> None:
     assert kubernetes_service("pod-0.db.data.svc.cluster.local") == ("db", "data")
     assert kubernetes_service("backend.test") is None
     assert kubernetes_service("svc.cluster.local") is None
+
+
+def test_a_dns_answer_wins_over_a_reverse_name() -> None:
+    cache = NameCache(10)
+    cache.learn_reverse(A, "ptr.test", 300, now=0.0)
+    assert cache.name(A, 1.0) == "ptr.test"
+    cache.learn("asked.test", A, 30, now=2.0)  # replaces the reverse name
+    assert cache.name(A, 3.0) == "asked.test"
+    cache.learn_reverse(A, "ptr.test", 300, now=4.0)  # never replaces an answer while it lives
+    assert cache.name(A, 5.0) == "asked.test"
+    cache.learn_reverse(A, "ptr.test", 300, now=2.0 + MIN_KEEP_SECONDS)  # the answer has expired
+    assert cache.name(A, 3.0 + MIN_KEEP_SECONDS) == "ptr.test"
+
+
+def test_a_failed_reverse_lookup_is_known_without_a_name_until_it_expires() -> None:
+    cache = NameCache(10)
+    cache.learn_reverse(A, None, 120, now=0.0)
+    assert cache.name(A, 1.0) is None and cache.known(A, 1.0)
+    assert not cache.known(A, 120.0) and not cache.known(B, 0.0)
+    cache.learn("asked.test", A, 30, now=0.0)  # an answer replaces a failure too
+    assert cache.name(A, 1.0) == "asked.test"
+
+
+def test_reverse_entries_share_the_bound() -> None:
+    cache = NameCache(2)
+    cache.learn("a.test", A, 30, now=0.0)
+    cache.learn_reverse(B, None, 120, now=0.0)
+    cache.learn_reverse(C, "c.test", 300, now=1.0)
+    assert len(cache) == 2 and cache.evictions == 1 and not cache.known(A, 2.0)
