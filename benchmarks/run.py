@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import agent, app_overhead, node_cost, profile, redis_cost, sidecar_cost, startup
+from . import agent, app_overhead, causality, node_cost, profile, redis_cost, sidecar_cost, startup
 from .common import Context, Receiver, Settings, log
 from .results_model import Section, as_json, markdown
 
@@ -32,6 +32,7 @@ MEASUREMENTS = {
     "startup": startup.measure,
     "profile": profile.measure,
     "redis_cost": redis_cost.measure,
+    "causality": causality.measure,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
