@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def test_interpreters_are_named_after_what_they_run(procs: list[subprocess.Popen
     app = start(procs, [sys.executable, str(tmp_path / "x" / "app.py")])
     assert app.stdout is not None
     worker_pid = int(app.stdout.readline())
+    # the parent learns of the exec before the kernel has set the new program's arguments up
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{worker_pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     other = start(procs, ["sleep", "60"])
 
     served = info(server.pid)
