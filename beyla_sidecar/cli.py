@@ -36,8 +36,26 @@ def cmd_check(cfg: Config) -> int:
     report = probe_features()
     print(report.render())
     network = _check_network(cfg)
+    propagation = _check_propagation(cfg)
     # Any problem listed is something `run` cannot do here (e.g. HTTPS without uprobes).
-    return 0 if report.ok and not report.problems and network is None else 1
+    return 0 if report.ok and not report.problems and network is None and propagation is None else 1
+
+
+def _check_propagation(cfg: Config) -> str | None:
+    """The context-propagation row of `check` (BEYLA_BPF_CONTEXT_PROPAGATION): the problem, or None."""
+    from .bpf import propagation
+
+    mode = cfg.context_propagation
+    if mode == "disabled":
+        print(f"{'context propagation':<20} off (BEYLA_BPF_CONTEXT_PROPAGATION=disabled)")
+        return None
+    found = propagation.problem(cfg.cgroup2_mount)
+    if found:
+        print(f"{'context propagation':<20} no\nproblem: {found}")
+        return found
+    pod, _ = propagation.find_cgroups(cfg.cgroup2_mount)
+    print(f"{'context propagation':<20} yes ({mode}: sockops and sk_msg on cgroup {pod}, NET_ADMIN)")
+    return None
 
 
 def _check_network(cfg: Config) -> str | None:

@@ -376,6 +376,17 @@ class Config:
         "BEYLA_ATTACH", "auto",
         "Kernel hooks: `auto` picks the best the kernel offers, `tracepoint` forces "
         "tracepoints and tp_btf (work everywhere with BTF).", _choice("auto", "tracepoint"))
+    context_propagation: str = _env(
+        "BEYLA_BPF_CONTEXT_PROPAGATION", "disabled",
+        "Trace context written by the kernel into what the pod's processes send, so that a call to "
+        "another instrumented pod continues the trace: `headers` (a `traceparent` header in plaintext "
+        "HTTP/1.x requests that have none), `tcp` (a TCP header option, OBI's layout: any TCP protocol, "
+        "TLS too), `all` (both) or `disabled`. Needs CAP_NET_ADMIN and the pod's cgroup (BEYLA_CGROUP2_MOUNT).",
+        _choice("disabled", "headers", "tcp", "all"))
+    cgroup2_mount: str = _env(
+        "BEYLA_CGROUP2_MOUNT", "/sys/fs/cgroup",
+        "Where a cgroup2 filesystem showing the pod's cgroup is mounted (the node's, read-only is enough): "
+        "context propagation attaches to the pod's cgroup, the parent of the sidecar's own.")
     ringbuf_size: int = _env(
         "BEYLA_RINGBUF_SIZE", "8388608",
         "Ring buffer size in bytes: a power of two from the page size (usually 4096) to 1 GiB.", _ringbuf_size)
@@ -792,8 +803,8 @@ class WebhookConfig:
     sidecar_capabilities: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_SIDECAR_CAPABILITIES", "BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH,CHECKPOINT_RESTORE",
         "Capabilities added to the sidecar (all others dropped). Add SYS_ADMIN on nodes with "
-        "kernel.perf_event_paranoid > 2, or for HTTPS on kernels older than 6.6; NET_ADMIN only for TC "
-        "features (none yet).", _capabilities)
+        "kernel.perf_event_paranoid > 2, or for HTTPS on kernels older than 6.6; NET_ADMIN is added "
+        "with context propagation only.", _capabilities)
     sidecar_cpu_request: str = _env("BEYLA_WEBHOOK_SIDECAR_CPU_REQUEST", "50m", "CPU request of the sidecar (empty: none).", _quantity)
     sidecar_memory_request: str = _env(
         "BEYLA_WEBHOOK_SIDECAR_MEMORY_REQUEST", "64Mi", "Memory request of the sidecar (empty: none).", _quantity)
@@ -822,6 +833,15 @@ class WebhookConfig:
         "BEYLA_WEBHOOK_SIDECAR_NETWORK_METRICS", "false",
         "Give sidecars BEYLA_NETWORK_METRICS=true (L3/L4 flow metrics) and the capability it needs, "
         "NET_RAW, on top of BEYLA_WEBHOOK_SIDECAR_CAPABILITIES; false: neither.", _bool)
+    sidecar_context_propagation: str = _env(
+        "BEYLA_WEBHOOK_SIDECAR_CONTEXT_PROPAGATION", "disabled",
+        "BEYLA_BPF_CONTEXT_PROPAGATION given to sidecars (`headers`, `tcp`, `all`) with what it needs: "
+        "capability NET_ADMIN and the node's cgroup2 mounted read-only at /host/sys/fs/cgroup; "
+        "`disabled`: none of it.", _choice("disabled", "headers", "tcp", "all"))
+    cgroup2_host_path: str = _env(
+        "BEYLA_WEBHOOK_CGROUP2_HOST_PATH", "/sys/fs/cgroup",
+        "Node path of the cgroup2 filesystem (context propagation only; /sys/fs/cgroup/unified on "
+        "hybrid-hierarchy nodes). An absolute path.", _host_path)
     exclude_namespaces: tuple[str, ...] = _env(
         "BEYLA_WEBHOOK_EXCLUDE_NAMESPACES", "kube-system",
         "Namespaces never injected, whatever the selectors say (comma-separated).", _list)

@@ -233,6 +233,8 @@ class Pipeline:
             unrecognised_connections=dict(t.unrecognised_connections),
             unrecognised_bytes=dict(t.unrecognised_bytes),
             orphan_responses=self.stats.kernel_counters.get("orphan_responses", 0),
+            context_propagation={k.removeprefix("context_"): v for k, v in self.stats.kernel_counters.items()
+                                 if k.startswith("context_")},
         )
 
     def scrape(self) -> str:
@@ -320,12 +322,16 @@ class Pipeline:
                         ringbuf_size=self.cfg.ringbuf_size, max_connections=self.cfg.max_connections,
                         strategy=self.cfg.attach_strategy, pid_namespace=self.target_ns,
                         filter_pids=self.discovery.selector.filters,
-                        select_at_exec=self.discovery.selector.at_exec, sweep_idle_ns=IDLE_NS) as probes:
+                        select_at_exec=self.discovery.selector.at_exec, sweep_idle_ns=IDLE_NS,
+                        propagation=self.cfg.context_propagation, cgroup2_mount=self.cfg.cgroup2_mount) as probes:
                 # servers that were listening before the probes attached (our namespace is the pod's)
                 probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, namespace_listening_ports())
                 if probes.uprobe_error:
                     log.error("HTTPS through OpenSSL will not be traced", reason=probes.uprobe_error)
                 self.discovery.start(probes)
+                if probes.propagation is not None:
+                    log.info("context propagation on", mode=probes.propagation.mode,
+                             pod_cgroup=str(probes.propagation.pod_cgroup))
                 log.info("instrumentation ready", strategy=probes.strategy, uprobes=probes.uprobe_mechanism,
                          pid_namespace=self.target_ns,
                          exporters=self.export.destinations, request_capture=self.cfg.request_capture_size,
@@ -366,6 +372,9 @@ class Pipeline:
                 self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()), finished_only=False)  # all open
                 self.tracker.expire(1 << 63)
                 self.stats.kernel_counters = probes.counters()
+                if probes.propagation is not None:
+                    log.info("context propagation", **{k: v for k, v in self.stats.kernel_counters.items()
+                                                       if k.startswith("context_")})
         log.info("stopped", records=self.stats.records, exchanges=self.tracker.stats.exchanges,
                  malformed_records=self.stats.malformed_records,
                  parse_failures=self.tracker.stats.parse_failures)

@@ -9,6 +9,8 @@
  *               (inet_sock_set_state), the thread -> server exchange being served
  *   exchange.h  request/response state machine, prefixes, head scan; one record
  *               per exchange
+ *   propagate.h the trace context of an exchange when propagation is on (its other
+ *               half is propagate.bpf.c)
  *   tls.h       OpenSSL uprobes: plaintext into the same exchanges
  *   sockdata.h  sock_send_length/sock_recv_length (data), tcp_destroy_sock (close)
  *   process.h   exec, fork, exit for discover/
@@ -29,6 +31,7 @@
 #include "gate.h"
 #include "conn.h"
 #include "exchange.h"
+#include "propagate.h"
 #include "tls.h"
 #include "sockdata.h"
 #include "process.h"

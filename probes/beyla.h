@@ -32,6 +32,13 @@ enum record_flags {
 	 * (BEYLA_EXECUTABLE_NAME): it reports traffic until user space judges the executable, which
 	 * drops what a process it does not select sent meanwhile */
 	FLAG_PENDING = 8,
+	/* exchange.trace_id/span_id hold the context the kernel gave it (BEYLA_BPF_CONTEXT_PROPAGATION):
+	 * a client request's, as written into it; a server request's trace id when no context came */
+	FLAG_CONTEXT = 16,
+	/* with FLAG_CONTEXT, server: the caller's context from a TCP option (span_id: the caller's) */
+	FLAG_CONTEXT_REMOTE = 32,
+	/* kernel-internal (propagate.bpf.c): the server request's traceparent was looked for */
+	FLAG_CONTEXT_CHECKED = 64,
 };
 
 /* Why the kernel emitted an exchange (user space also ends idle ones: END_SWEEP there). */
@@ -118,6 +125,8 @@ struct exchange {
 	__u16 resp_len;      /* response prefix bytes */
 	__u16 resp_off;      /* offset of the response prefix in data[] (= req_capture) */
 	__u16 _pad;
+	__u8 trace_id[16];   /* FLAG_CONTEXT: W3C ids, in their text order (big-endian) */
+	__u8 span_id[8];
 	__u8 traceparent[TRACEPARENT_CAPTURE];
 	__u8 data[REQ_CAPTURE_MAX + RESP_CAPTURE_MAX];
 };

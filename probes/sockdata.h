@@ -94,6 +94,8 @@ static __always_inline void socket_transfer(struct sock *sk, bool recv, int ret,
 	struct ssl_call *call = tls_probed() ? bpf_map_lookup_elem(&ssl_calls, &tid) : NULL;
 	struct xfer x = {};
 
+	if (!recv)
+		send_ended(sk);
 	if (call) {
 		tie_tls(sk, st, call->ssl, cur);
 		return;
@@ -104,6 +106,7 @@ static __always_inline void socket_transfer(struct sock *sk, bool recv, int ret,
 		return;
 	syscall_buffer(cur->task, &x);
 	on_transfer(st, key, recv, ret, &x);
+	exchange_context(st, key, ret);
 }
 
 SEC("tp_btf/sock_send_length")

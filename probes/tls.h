@@ -119,8 +119,10 @@ static __always_inline void tls_transfer(const struct ssl_call *call, __u32 move
 
 	if (!st)
 		st = conn_new(key, NULL, recv ? ROLE_SERVER : ROLE_CLIENT, 1, cur);
-	if (st)
+	if (st) {
 		on_transfer(st, key, recv, moved, &x);
+		exchange_context(st, key, moved);
+	}
 }
 
 SEC("uprobe")

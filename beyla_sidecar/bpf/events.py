@@ -18,8 +18,8 @@ from typing import NamedTuple
 CONN_EVENT = struct.Struct("<BBBx4I4xQQ16s16sHHH2x16s")
 # struct exchange up to data[]: type, flags, role, end, pid, ns_pid, tid, sock_id,
 # req/resp start/end, req/resp bytes, parent (sock, start), req/resp head, req/resp len,
-# resp_off, pad, then the traceparent area
-EXCHANGE = struct.Struct("<BBBBIIIQ8QIIHHH2x")
+# resp_off, pad, trace id, span id (FLAG_CONTEXT), then the traceparent area
+EXCHANGE = struct.Struct("<BBBBIIIQ8QIIHHH2x16s8s")
 TRACEPARENT_CAPTURE = 80
 EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
 REQ_CAPTURE_MAX = 512
@@ -53,6 +53,8 @@ FLAG_TLS = 1
 FLAG_TRACEPARENT = 2
 FLAG_TRUNCATED = 4
 FLAG_PENDING = 8  # the process's selection waits for user space's verdict on its executable
+FLAG_CONTEXT = 16  # trace_id/span_id: the context the kernel gave the exchange (propagation)
+FLAG_CONTEXT_REMOTE = 32  # server: trace_id/span_id are the caller's, from a TCP option
 ExeId = tuple[int, int, int]  # struct exe_id: inode, dev (kernel dev_t), generation
 
 
@@ -125,6 +127,10 @@ class ExchangeRecord(NamedTuple):
     request: bytes  # prefix
     response: bytes  # prefix
     traceparent: bytes  # FLAG_TRACEPARENT: bytes from "traceparent:" on, found past the prefix
+    # FLAG_CONTEXT (propagation on): client: the ids written into the request; server: its trace
+    # id (FLAG_CONTEXT_REMOTE: the caller's trace and span ids, from a TCP option); else 0
+    trace_id: int = 0
+    span_id: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
@@ -160,7 +166,7 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
         return None
     (etype, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,
      req_bytes, resp_bytes, parent_sock, parent_start, req_head, resp_head, req_len, resp_len,
-     resp_off) = EXCHANGE.unpack_from(record)
+     resp_off, trace_id, span_id) = EXCHANGE.unpack_from(record)
     if etype != EventType.EXCHANGE or role > 2 or req_len > REQ_CAPTURE_MAX or resp_len > RESP_CAPTURE_MAX:
         return None
     if end is None:
@@ -171,10 +177,12 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
     if data + resp_off + resp_len > len(record) or req_len > resp_off:
         return None
     tp = bytes(record[EXCHANGE.size:data]) if flags & FLAG_TRACEPARENT else b""
+    trace, span = (int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big")) if flags & FLAG_CONTEXT else (0, 0)
     return _TUPLE_NEW(ExchangeRecord, (  # not ExchangeRecord(...): its __new__ is one more Python call
         sock_id, pid, ns_pid, tid, _ROLES[role], end, flags, req_start, req_end, resp_start, resp_end,
         req_bytes, resp_bytes, (parent_sock, parent_start) if parent_sock else None, req_head, resp_head,
-        bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp))
+        bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp,
+        trace, span))
 
 
 class Decoder:

@@ -34,6 +34,7 @@ BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_FENTRY = 24
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48  # Linux 6.6
+BPF_SK_MSG_VERDICT = 7
 BPF_F_UPROBE_MULTI_RETURN = 1
 PERF_FLAG_FD_CLOEXEC = 8
 UPROBE_PMU_TYPE = "/sys/bus/event_source/devices/uprobe/type"
@@ -118,6 +119,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__set_expected_attach_type": (c_int, [_P, c_uint]),
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__attach_uprobe_opts": (_P, [_P, c_int, c_char_p, c_size_t, POINTER(_UprobeOpts)]),
+    "bpf_program__attach_cgroup": (_P, [_P, c_int]),
+    "bpf_prog_attach": (c_int, [c_int, c_int, c_uint, c_uint]),
+    "bpf_prog_detach2": (c_int, [c_int, c_int, c_uint]),
     "bpf_link__destroy": (c_int, [_P]),
     "bpf_map__name": (c_char_p, [_P]),
     "bpf_map__fd": (c_int, [_P]),
@@ -269,6 +273,19 @@ class Link:
             self._fd = None
 
 
+class MapLink(Link):
+    """A program attached to a map with bpf_prog_attach (no link fd on older kernels)."""
+
+    def __init__(self, prog_fd: int, map_fd: int, attach_type: int, what: str) -> None:
+        super().__init__(0, what)
+        self._attached: tuple[int, int, int] | None = (prog_fd, map_fd, attach_type)
+
+    def destroy(self) -> None:
+        if self._attached is not None:
+            lib().bpf_prog_detach2(*self._attached)
+            self._attached = None
+
+
 class Program:
     def __init__(self, ptr: int) -> None:
         self._ptr = ptr
@@ -297,6 +314,17 @@ class Program:
         with _Capture() as cap:
             ptr = lib().bpf_program__attach(self._ptr)
             return Link(_check_ptr(ptr, f"attach {self.name} ({self.section})", cap), self.name)
+
+    def attach_cgroup(self, cgroup_fd: int) -> Link:
+        """A cgroup program (sockops, cgroup_skb, ...) on the cgroup open at cgroup_fd, as a link."""
+        with _Capture() as cap:
+            ptr = lib().bpf_program__attach_cgroup(self._ptr, cgroup_fd)
+            return Link(_check_ptr(ptr, f"attach {self.name} to a cgroup", cap), self.name)
+
+    def attach_to_map(self, map_fd: int, attach_type: int) -> Link:
+        """A program run by a map (sk_msg on a sockhash: BPF_SK_MSG_VERDICT); destroy() detaches."""
+        _check_int(lib().bpf_prog_attach(self.fd, map_fd, attach_type, 0), f"attach {self.name} to its map")
+        return MapLink(self.fd, map_fd, attach_type, self.name)
 
     def attach_uprobe(self, pid: int, binary: str, func_name: str | None = None, offset: int = 0,
                       retprobe: bool = False) -> Link:

@@ -24,6 +24,7 @@ from .events import (
 )
 from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_features, uprobe_support
 from .libbpf import BpfError
+from .propagation import MODES, Propagation
 from .ring import RecordHandler, RingReader
 from .strategy import OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, by_name
 
@@ -137,13 +138,18 @@ class Probes:
     until it gets one (BEYLA_EXECUTABLE_NAME alone: the executable decides).
     sweep_idle_ns: the shortest quiet time after which the caller ends exchanges from
     idle_exchanges() and passes them to mark_swept() (0: it never does).
+    propagation: a mode of propagation.MODES; other than "disabled", propagate.bpf.o is loaded
+    and attached to the pod's cgroup, found under `cgroup2_mount` (see propagation.py).
     """
 
     def __init__(self, *, req_capture: int = DEFAULT_REQ_CAPTURE, resp_capture: int = DEFAULT_RESP_CAPTURE,
                  ringbuf_size: int = DEFAULT_RINGBUF_SIZE, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  strategy: str = AUTO, filter_pids: bool = False, pid_namespace: int = 0,
-                 select_at_exec: bool = False, sweep_idle_ns: int = 0) -> None:
+                 select_at_exec: bool = False, sweep_idle_ns: int = 0, propagation: str = "disabled",
+                 cgroup2_mount: str = "/sys/fs/cgroup") -> None:
         _check_args(req_capture, resp_capture, ringbuf_size)
+        if propagation not in MODES:
+            raise ValueError(f"propagation {propagation!r} not one of {', '.join(MODES)}")
         _check_host()
         self._strategy = _choose(strategy)
         self.req_capture = req_capture
@@ -153,6 +159,9 @@ class Probes:
         self._filter_pids = filter_pids
         self._select_at_exec = filter_pids and select_at_exec
         self._sweep_idle_ns = sweep_idle_ns
+        self._propagation_mode = propagation
+        self._cgroup2_mount = cgroup2_mount
+        self.propagation: Propagation | None = None
         self._links: list[libbpf.Link] = []
         self._uprobes: list[UprobeSet] = []
         self._uprobe_support = UprobeSupport(None)
@@ -183,6 +192,9 @@ class Probes:
         obj.set_rodata("filter_pids", bytes([self._filter_pids]))
         obj.set_rodata("select_at_exec", bytes([self._select_at_exec]))
         obj.set_rodata("swept_after_ns", _U64.pack(self._sweep_idle_ns))
+        obj.set_rodata("propagation", bytes([MODES[self._propagation_mode]]))
+        # an LRU map is allocated whole at creation: one slot when propagation is off
+        obj.map("sock_ids_map").set_max_entries(self._max_connections if MODES[self._propagation_mode] else 1)
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
         obj.map("events").set_max_entries(ringbuf_size)
         try:
@@ -196,6 +208,8 @@ class Probes:
                     self._links.append(prog.attach())
                 except BpfError as exc:
                     raise _setup_error(exc, f"attaching {prog.name}") from exc
+        if MODES[self._propagation_mode]:  # after: every request it writes a context into is recorded
+            self.propagation = Propagation(obj, self._propagation_mode, self._cgroup2_mount)
         self._filter = obj.map("pid_ns_filter")
         self._allowed = obj.map("allowed_pids")
         self._verdicts = obj.map("exe_verdicts")
@@ -376,13 +390,16 @@ class Probes:
         self._swept.update(_U64.pack(rec.sock_id), _U64.pack(rec.req_start_ns))
 
     def counters(self) -> dict[str, int]:
-        """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES)."""
+        """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES), and with propagation
+        on what it did ("context_" + propagation.COUNTER_NAMES)."""
         self._object()
         ncpu = libbpf.num_possible_cpus()
         out = {}
         for index, name in enumerate(COUNTER_NAMES):
             raw = self._counters.lookup(_U32.pack(index), _U64.size * ncpu) or b""
             out[name] = sum(v for (v,) in _U64.iter_unpack(raw))
+        if self.propagation is not None:
+            out.update(("context_" + k, v) for k, v in self.propagation.counters().items())
         return out
 
     def close(self) -> None:
@@ -395,6 +412,8 @@ class Probes:
             # Registered in reverse: ring buffer unmapped first, object closed last.
             if self._obj is not None:
                 stack.callback(self._obj.close)
+            if self.propagation is not None:
+                stack.callback(self.propagation.close)
             for link in self._links:
                 stack.callback(link.destroy)
             for uprobes in self._uprobes:
@@ -403,6 +422,7 @@ class Probes:
                 stack.callback(self._ring.close)
         self._obj = None
         self._ring = None
+        self.propagation = None
         self._links = []
         self._uprobes = []
         self._close_pending = False

@@ -39,6 +39,7 @@ class SelfStats:
     unrecognised_connections: dict[tuple[str, int], int] = field(default_factory=dict)  # by (guess, port)
     unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     orphan_responses: int = 0  # counted in the kernel
+    context_propagation: dict[str, int] = field(default_factory=dict)  # by outcome (propagation.COUNTER_NAMES)
 
 
 def _counter(name: str, help_: str, value: int) -> Family:
@@ -86,6 +87,10 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
                           s.unrecognised_bytes),
         _counter("orphan_responses", "Response transfers on connections with no request seen (e.g. an "
                  "answer begun before the probes attached).", s.orphan_responses),
+        _counter_by("context_propagation", "What the kernel did with trace context (BEYLA_BPF_CONTEXT_PROPAGATION): "
+                    "`injected` headers, requests left alone (`not_http`, `has_traceparent`, `doubt`, "
+                    "`failed`), client sockets it could not track (`socks_full`), TCP options written and "
+                    "read (`option_written`, `option_read`).", "outcome", s.context_propagation),
         _counter("requests_completed", "Request/response exchanges completed by the tracker.",
                  s.requests_completed),
         _counter_by("spans_exported", "Spans delivered, by exporter.", "exporter", s.spans_exported),

@@ -27,6 +27,8 @@ NAMESPACE_LABEL = "beyla-sidecar.io/inject"  # value `enabled` (opt in) or `disa
 TRACEFS_VOLUME = "beyla-sidecar-tracefs"
 METRICS_PORT_NAME = "beyla-metrics"
 TMP_VOLUME = "beyla-sidecar-tmp"
+CGROUP_VOLUME = "beyla-sidecar-cgroup"
+CGROUP_MOUNT = "/host/sys/fs/cgroup"  # BEYLA_CGROUP2_MOUNT of sidecars with context propagation
 RESOURCE_ANNOTATION_PREFIX = "resource.opentelemetry.io/"
 
 # Outcomes, also the `outcome` label of the webhook's metrics.
@@ -114,10 +116,10 @@ def review(request: dict[str, Any], cfg: WebhookConfig, *, namespace_opted_in: b
             f"(restartPolicy {spec.get('restartPolicy')}) from completing; enable native sidecars"],
             reason="regular-container sidecar in a run-to-completion pod")
     taken = {v.get("name") for v in spec.get("volumes") or []}
-    if taken & {TRACEFS_VOLUME, TMP_VOLUME}:
+    if taken & {TRACEFS_VOLUME, TMP_VOLUME, CGROUP_VOLUME}:
         return Decision(ERROR, warnings=[
-            f"beyla-sidecar not injected: the pod already has a volume named {TRACEFS_VOLUME} or {TMP_VOLUME}"],
-            reason="volume name taken")
+            f"beyla-sidecar not injected: the pod already has a volume named {TRACEFS_VOLUME}, {TMP_VOLUME} "
+            f"or {CGROUP_VOLUME}"], reason="volume name taken")
 
     return Decision(INJECTED, patch=build_patch(pod, namespace, cfg), reason="injected")
 
@@ -165,10 +167,15 @@ def sidecar_volumes(cfg: WebhookConfig) -> list[dict[str, Any]]:
     # tracefs: tracepoint ids are read from it (attaching goes through perf_event_open), so
     # read-only is enough. bpffs (/sys/fs/bpf) is not mounted: the sidecar pins nothing.
     # BTF (/sys/kernel/btf/vmlinux) is part of sysfs, already visible read-only in every container.
-    return [
+    volumes: list[dict[str, Any]] = [
         {"name": TRACEFS_VOLUME, "hostPath": {"path": cfg.tracefs_host_path, "type": "Directory"}},
         {"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
+    # context propagation attaches to the pod's cgroup, which the container's own cgroup
+    # namespace hides: the node's cgroup2 shows it (read-only: attaching needs no write)
+    if cfg.sidecar_context_propagation != "disabled":
+        volumes.append({"name": CGROUP_VOLUME, "hostPath": {"path": cfg.cgroup2_host_path, "type": "Directory"}})
+    return volumes
 
 
 def sidecar_container(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -> dict[str, Any]:
@@ -210,16 +217,21 @@ def sidecar_container(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -
         {"name": TRACEFS_VOLUME, "mountPath": "/sys/kernel/tracing", "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
     ]
+    if cfg.sidecar_context_propagation != "disabled":
+        container["volumeMounts"].append({"name": CGROUP_VOLUME, "mountPath": CGROUP_MOUNT, "readOnly": True})
     if cfg.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
 
 
 def sidecar_capabilities(cfg: WebhookConfig) -> list[str]:
-    """The configured capabilities, plus NET_RAW (its packet socket) when network metrics are on."""
+    """The configured capabilities, plus NET_RAW (its packet socket) when network metrics are on,
+    NET_ADMIN (sockops and sk_msg programs) when context propagation is."""
     caps = list(cfg.sidecar_capabilities)
     if cfg.sidecar_network_metrics and "NET_RAW" not in caps:
         caps.append("NET_RAW")
+    if cfg.sidecar_context_propagation != "disabled" and "NET_ADMIN" not in caps:
+        caps.append("NET_ADMIN")
     return caps
 
 
@@ -252,6 +264,9 @@ def sidecar_env(pod: dict[str, Any], namespace: str, cfg: WebhookConfig) -> list
         literal("BEYLA_PROMETHEUS_PORT", str(cfg.sidecar_prometheus_port))
     if cfg.sidecar_network_metrics:
         literal("BEYLA_NETWORK_METRICS", "true")
+    if cfg.sidecar_context_propagation != "disabled":
+        literal("BEYLA_BPF_CONTEXT_PROPAGATION", cfg.sidecar_context_propagation)
+        literal("BEYLA_CGROUP2_MOUNT", CGROUP_MOUNT)
     for name, value in cfg.passthrough_env():
         literal(name, value)
     env.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource_attributes(meta, owners, container_names)})

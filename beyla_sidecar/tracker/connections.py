@@ -10,7 +10,10 @@ and gives each exchange its trace identity:
   request began (the kernel names it in the record). The child's record may arrive before
   its parent's (the parent is only sent when its connection's next request begins, it
   closes, or it goes idle), so children wait for their parent up to PARENT_WAIT_NS, then
-  go out as roots.
+  go out as roots;
+- with propagation (BEYLA_BPF_CONTEXT_PROPAGATION) the kernel gives a server exchange its trace
+  id (or the caller's context from a TCP option) and a client exchange the ids it wrote into the
+  request: the spans take them, so that the callee's server span is the client span's child.
 
 Without any span destination (`traces=False`) exchanges get no trace context at all.
 """
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..bpf.events import NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, Role
+from ..bpf.events import FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, Role
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
@@ -146,7 +149,7 @@ class Tracker:
         """Children whose parent never came: out as roots."""
         for key in [k for k, v in self._waiting.items() if v[0][0] <= now_ns]:
             for _, c, rec, parsed in self._waiting.pop(key):
-                self._finish(c, rec, parsed, client_context(None, self._sampler))
+                self._finish(c, rec, parsed, client_context(None, self._sampler, rec.trace_id, rec.span_id))
 
     def has_connections(self, pid: int) -> bool:
         """Does the process (host pid) still have open connections?"""
@@ -223,20 +226,22 @@ class Tracker:
             self._finish(c, rec, parsed, None)
             return
         if c.role is Role.SERVER:
-            ctx = server_context(parsed.request.traceparent, self._sampler)
+            ctx = server_context(parsed.request.traceparent, self._sampler, rec.trace_id,
+                                 rec.span_id if rec.flags & FLAG_CONTEXT_REMOTE else 0)
             key = (rec.sock_id, rec.req_start_ns)
             self._remember_parent(key, ctx)
             self._finish(c, rec, parsed, ctx)
             if self._waiting:
                 for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
-                    self._finish(child, child_rec, child_parsed, client_context(ctx, self._sampler))
+                    self._finish(child, child_rec, child_parsed,
+                                 client_context(ctx, self._sampler, child_rec.trace_id, child_rec.span_id))
             return
         parent = self._parents.get(rec.parent) if rec.parent else None
         if rec.parent and parent is None:
             wait = self._waiting.setdefault(rec.parent, [])
             wait.append((rec.req_start_ns + PARENT_WAIT_NS, c, rec, parsed))
             return
-        self._finish(c, rec, parsed, client_context(parent, self._sampler))
+        self._finish(c, rec, parsed, client_context(parent, self._sampler, rec.trace_id, rec.span_id))
 
     def _detect(self, c: Connection, rec: ExchangeRecord) -> bool:
         c.protocol = self._recognise(rec)

@@ -123,28 +123,45 @@ def make_sampler(name: str, ratio: float = 1.0) -> Sampler:
 PARENT_BASED_ALWAYS_ON: Sampler = ParentBased(AlwaysOn())
 
 
-def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
-    """Context of a server span: child of the caller's span when a valid traceparent came in."""
+def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON, kernel_trace: int = 0,
+                   remote_span: int = 0) -> TraceContext:
+    """Context of a server span: child of the caller's span when a valid traceparent came in,
+    else when a TCP option brought the caller's (kernel_trace, remote_span); else a new trace,
+    the kernel's trace id when it gave one (its outgoing calls carry it: propagation)."""
     incoming = parse_traceparent(traceparent) if traceparent is not None else None
+    if incoming is None and remote_span and kernel_trace:
+        incoming = kernel_trace, remote_span, True
     if incoming is None:
-        return _root(sampler)
+        return _root(sampler, kernel_trace)
     trace_id, parent, parent_sampled = incoming
     return TraceContext(trace_id, new_span_id(), parent, True, sampler(trace_id, parent_sampled))
 
 
-def client_context(serving: TraceContext | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON) -> TraceContext:
-    """Context of a client span: child of the server span its thread is serving, if any."""
+def client_context(serving: TraceContext | None, sampler: Sampler = PARENT_BASED_ALWAYS_ON, kernel_trace: int = 0,
+                   kernel_span: int = 0) -> TraceContext:
+    """Context of a client span: child of the server span its thread is serving, if any. With
+    propagation the kernel chose the ids it wrote into the request: the span takes them (the
+    callee names that span id as its parent); a serving span of another trace is no parent."""
+    if kernel_span and kernel_trace:
+        if serving is not None and serving.trace_id == kernel_trace:
+            return TraceContext(kernel_trace, kernel_span, serving.span_id, False, serving.sampled)
+        return TraceContext(kernel_trace, kernel_span, 0, False,
+                            True if sampler is PARENT_BASED_ALWAYS_ON else sampler(kernel_trace, None))
     if serving is None:
         return _root(sampler)
     return TraceContext(serving.trace_id, new_span_id(), serving.span_id, False,
                         sampler(serving.trace_id, serving.sampled))
 
 
-def _root(sampler: Sampler) -> TraceContext:
-    """A new trace: both ids from one draw (random.getrandbits costs more than the bits)."""
+def _root(sampler: Sampler, trace_id: int = 0) -> TraceContext:
+    """A new trace (in trace_id when given): both ids from one draw (random.getrandbits costs
+    more than the bits)."""
     bits = random.getrandbits(192)
-    trace_id, span_id = bits >> 64, bits & _LOW_64
-    if not trace_id or not span_id:
-        trace_id, span_id = new_trace_id(), new_span_id()
+    if trace_id:
+        trace_id, span_id = trace_id, bits & _LOW_64 or new_span_id()
+    else:
+        trace_id, span_id = bits >> 64, bits & _LOW_64
+        if not trace_id or not span_id:
+            trace_id, span_id = new_trace_id(), new_span_id()
     sampled = True if sampler is PARENT_BASED_ALWAYS_ON else sampler(trace_id, None)
     return _TUPLE_NEW(TraceContext, (trace_id, span_id, 0, False, sampled))

@@ -35,11 +35,12 @@ int main(void) {
     C(type) C(role) C(flags) C(pid) C(tid) C(ns_pid) C(ns_tid) C(ts_ns) C(sock_id) C(tuple) C(comm)
     E(type) E(flags) E(role) E(end) E(pid) E(ns_pid) E(tid) E(sock_id) E(req_start_ns) E(req_end_ns)
     E(resp_start_ns) E(resp_end_ns) E(req_bytes) E(resp_bytes) E(parent_sock) E(parent_start)
-    E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(traceparent) E(data)
+    E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(trace_id) E(span_id) E(traceparent) E(data)
     X(exe) X(path_len) X(path)
     printf("exec_event %zu\npath_max %d\nFLAG_PENDING %d\n", sizeof(struct exec_event), EXE_PATH_MAX, FLAG_PENDING);
     printf("FLAG_TLS %d\nFLAG_TRACEPARENT %d\nFLAG_TRUNCATED %d\nEND_NEXT_REQUEST %d\nEND_CLOSE %d\n",
            FLAG_TLS, FLAG_TRACEPARENT, FLAG_TRUNCATED, END_NEXT_REQUEST, END_CLOSE);
+    printf("FLAG_CONTEXT %d\nFLAG_CONTEXT_REMOTE %d\n", FLAG_CONTEXT, FLAG_CONTEXT_REMOTE);
     printf("EVENT_EXCHANGE %d\nEVENT_PROCESS_LISTEN %d\n", EVENT_EXCHANGE, EVENT_PROCESS_LISTEN);
     printf("COUNTER_EVENT_DROPS %d\nCOUNTER_READ_FAILS %d\nCOUNTER_ORPHAN_RESPONSES %d\n"
            "COUNTER_EXCHANGE_DROPS %d\n", COUNTER_EVENT_DROPS, COUNTER_READ_FAILS, COUNTER_ORPHAN_RESPONSES,
@@ -73,14 +74,16 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
     assert out["conn_event"] == CONN_EVENT.size == 96
     assert [out[f"conn_event.{m}"] for m in ("type", "role", "flags", "pid", "tid", "ns_pid", "ns_tid", "ts_ns",
                                              "sock_id", "tuple", "comm")] == [0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 80]
-    assert out["exchange.traceparent"] == EXCHANGE.size == 104
-    assert out["exchange.data"] == EXCHANGE_DATA == 104 + out["tp"] == 104 + events.TRACEPARENT_CAPTURE
+    assert (out["exchange.trace_id"], out["exchange.span_id"]) == (104, 120)
+    assert out["exchange.traceparent"] == EXCHANGE.size == 128
+    assert out["exchange.data"] == EXCHANGE_DATA == 128 + out["tp"] == 128 + events.TRACEPARENT_CAPTURE
     assert [out[f"exchange.{m}"] for m in ("sock_id", "req_start_ns", "resp_bytes", "parent_sock", "req_head",
                                            "req_len", "resp_off")] == [16, 24, 64, 72, 88, 96, 100]
     assert (out["req_max"], out["resp_max"]) == (events.REQ_CAPTURE_MAX, events.RESP_CAPTURE_MAX)
     assert (out["FLAG_TLS"], out["FLAG_TRACEPARENT"], out["FLAG_TRUNCATED"]) == (
         events.FLAG_TLS, events.FLAG_TRACEPARENT, events.FLAG_TRUNCATED)
     assert (out["END_NEXT_REQUEST"], out["END_CLOSE"]) == (End.NEXT_REQUEST, End.CLOSE)
+    assert (out["FLAG_CONTEXT"], out["FLAG_CONTEXT_REMOTE"]) == (events.FLAG_CONTEXT, events.FLAG_CONTEXT_REMOTE)
     assert (out["EVENT_EXCHANGE"], out["EVENT_PROCESS_LISTEN"]) == (EventType.EXCHANGE, EventType.PROCESS_LISTEN)
     assert [out["COUNTER_EVENT_DROPS"], out["COUNTER_READ_FAILS"], out["COUNTER_ORPHAN_RESPONSES"],
             out["COUNTER_EXCHANGE_DROPS"]] == [
@@ -95,6 +98,7 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
 def test_kernel_state_layouts_match_the_object_btf() -> None:
     size, members = btf_struct("exchange")
     assert members["traceparent"] == EXCHANGE.size and members["data"] == EXCHANGE_DATA
+    assert (members["trace_id"], members["span_id"]) == (104, 120)
     assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
     size, members = btf_struct("conn_state")
     assert members["rec"] == CONN_STATE.size == 24 and members["phase"] == 0 and members["tp_len"] == 16
@@ -106,9 +110,9 @@ def test_kernel_state_layouts_match_the_object_btf() -> None:
 
 def exchange_record(request: bytes = b"GET / HTTP/1.1\r\n\r\n", response: bytes = b"HTTP/1.1 200 OK\r\n\r\n",
                     flags: int = 0, end: int = 1, role: int = 1, resp_off: int = 256,
-                    traceparent: bytes = b"") -> bytes:
+                    traceparent: bytes = b"", ids: tuple[bytes, bytes] = (b"", b"")) -> bytes:
     head = EXCHANGE.pack(EventType.EXCHANGE, flags, role, end, 1000, 7, 1001, 0xFFFF8881, 10, 20, 30, 40,
-                         5000, 6000, 0xAB, 5, 18, 19, len(request), len(response), resp_off)
+                         5000, 6000, 0xAB, 5, 18, 19, len(request), len(response), resp_off, *ids)
     data = bytearray(resp_off + 64)
     data[:len(request)] = request
     data[resp_off:resp_off + len(response)] = response
@@ -122,8 +126,16 @@ def test_decode_exchange_record() -> None:
     assert rec == ExchangeRecord(0xFFFF8881, 1000, 7, 1001, Role.SERVER, End.NEXT_REQUEST, 3, 10, 20, 30, 40,
                                  5000, 6000, (0xAB, 5), 18, 19, b"GET / HTTP/1.1\r\n\r\n",
                                  b"HTTP/1.1 200 OK\r\n\r\n", b"traceparent: 00-abc".ljust(events.TRACEPARENT_CAPTURE, b"\0"))
-    assert rec.tls and rec.key == (0xFFFF8881, 10)
+    assert rec.tls and rec.key == (0xFFFF8881, 10) and (rec.trace_id, rec.span_id) == (0, 0)
     assert decode_exchange(exchange_record(), End.SWEEP).end is End.SWEEP  # type: ignore[union-attr]
+
+
+def test_decode_kernel_context() -> None:
+    ids = (bytes.fromhex("0af7651916cd43dd8448eb211c80319c"), bytes.fromhex("b7ad6b7169203331"))
+    rec = decode_exchange(exchange_record(flags=events.FLAG_CONTEXT, ids=ids))
+    assert rec is not None and (rec.trace_id, rec.span_id) == (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331)
+    ignored = decode_exchange(exchange_record(ids=ids))  # no FLAG_CONTEXT: stale bytes, not ids
+    assert ignored is not None and (ignored.trace_id, ignored.span_id) == (0, 0)
 
 
 def test_malformed_exchange_records_are_rejected() -> None:

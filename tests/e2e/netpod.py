@@ -93,3 +93,64 @@ class NetPod(Pod):
 
     def _nsenter(self, argv: list[str]) -> list[str]:
         return ["nsenter", "--target", str(self.init_pid), "--pid", "--mount", "--net", "--", *argv]
+
+
+# cgroup v2 on this machine (hybrid hierarchy); real nodes mount it at /sys/fs/cgroup
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+CONTAINERS = ("app", "sidecar")
+
+
+class CgroupPod(Pod):
+    """A pod as Kubernetes makes it: its own PID and network namespaces, and its own cgroup v2
+    with a child cgroup per container. spawn()/run() start processes in the `app` container;
+    container("sidecar") is the wrapper that puts the sidecar in its own."""
+
+    def __init__(self, tmp: Path, name: str) -> None:
+        self.tmp = tmp
+        self.cgroup = CGROUP2 / name
+        for container in CONTAINERS:
+            (self.cgroup / container).mkdir(parents=True, exist_ok=True)
+        self.init = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
+                                      "sleep", "infinity"])
+        self._procs = [self.init]
+        deadline = time.monotonic() + 5
+        while self.init_pid is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.init_pid is not None, "unshare did not start"
+        self.ns_inode = os.stat(f"/proc/{self.init_pid}/ns/pid").st_ino
+        self.net(["ip", "link", "set", "lo", "up"])
+
+    def container(self, name: str) -> list[str]:
+        """argv prefix that moves the command into the container's cgroup, then runs it."""
+        return ["sh", "-c", f'echo $$ > {self.cgroup / name}/cgroup.procs && exec "$@"', "sh"]
+
+    def net(self, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """A command in the pod's network namespace only (as root of the node, outside the pod)."""
+        return subprocess.run(["nsenter", "--target", str(self.init_pid), "--net", "--", *argv], check=True,
+                              capture_output=True, timeout=60)
+
+    def _nsenter(self, argv: list[str]) -> list[str]:
+        return ["nsenter", "--target", str(self.init_pid), "--pid", "--mount", "--net", "--",
+                *self.container("app"), *argv]
+
+    def close(self) -> None:
+        super().close()
+        deadline = time.monotonic() + 5
+        for path in [self.cgroup / c for c in CONTAINERS] + [self.cgroup]:
+            while path.exists():
+                try:
+                    path.rmdir()
+                except OSError:  # its last processes are still exiting
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+
+def link_pods(a: CgroupPod, a_addr: str, b: CgroupPod, b_addr: str) -> None:
+    """A veth pair between two pods: eth0 in each, addresses in one /24."""
+    tag = str(os.getpid() % 100000)
+    veth(f"bsa{tag}", str(a.init_pid), f"bsb{tag}", str(b.init_pid))
+    for pod, dev, addr in ((a, f"bsa{tag}", a_addr), (b, f"bsb{tag}", b_addr)):
+        pod.net(["ip", "link", "set", dev, "name", "eth0"])
+        pod.net(["ip", "addr", "add", f"{addr}/24", "dev", "eth0"])
+        pod.net(["ip", "link", "set", "eth0", "up"])

@@ -37,7 +37,7 @@ def page() -> str:
     record(sm, exchange(duration_ns=300_000_000))
     return exposition(m.snapshot(), selfmetrics.families(selfmetrics.SelfStats(
         events_read=10, parse_failures={"http": 2}, protocol_state_drops={"redis": 0, "postgresql": 5}, spans_dropped={"otlp": 3}, spans_abandoned={"otlp": 4},
-        metric_exports_abandoned=1), psutil.Process()))
+        metric_exports_abandoned=1, context_propagation={"injected": 6, "doubt": 1}), psutil.Process()))
 
 
 def lines(text: str, prefix: str) -> list[str]:
@@ -79,6 +79,9 @@ def test_target_info_and_self_metrics() -> None:
     assert 'beyla_sidecar_spans_dropped_total{exporter="otlp"} 3' in text
     assert 'beyla_sidecar_spans_abandoned_total{exporter="otlp"} 4' in text
     assert "beyla_sidecar_metric_exports_abandoned_total 1" in text
+    assert lines(text, "beyla_sidecar_context_propagation_total{") == [
+        'beyla_sidecar_context_propagation_total{outcome="doubt"} 1',
+        'beyla_sidecar_context_propagation_total{outcome="injected"} 6']
     assert "# TYPE beyla_sidecar_resident_memory_bytes gauge" in text
     [rss] = lines(text, "beyla_sidecar_resident_memory_bytes ")
     assert int(rss.split()[1]) > 1_000_000

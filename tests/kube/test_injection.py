@@ -465,3 +465,25 @@ def test_network_metrics_add_net_raw_and_the_env_only_when_on():
     default = apply_patch(RS_POD, default_patch)["spec"]["initContainers"][0]
     assert "NET_RAW" not in default["securityContext"]["capabilities"]["add"]
     assert all(e["name"] != "BEYLA_NETWORK_METRICS" for e in default["env"])
+
+
+def test_context_propagation_adds_net_admin_the_cgroup_mount_and_the_env_only_when_on():
+    env = {"BEYLA_WEBHOOK_SIDECAR_CONTEXT_PROPAGATION": "headers", "BEYLA_WEBHOOK_CGROUP2_HOST_PATH": "/sys/fs/cgroup"}
+    _s, _r, patch = run_case(RS_POD, "shop", "/mutate", env)
+    pod = apply_patch(RS_POD, patch)
+    container = pod["spec"]["initContainers"][0]
+    assert container["securityContext"]["capabilities"]["add"] == [
+        "BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "CHECKPOINT_RESTORE", "NET_ADMIN"]
+    assert {"name": "BEYLA_BPF_CONTEXT_PROPAGATION", "value": "headers"} in container["env"]
+    assert {"name": "BEYLA_CGROUP2_MOUNT", "value": "/host/sys/fs/cgroup"} in container["env"]
+    assert {"name": "beyla-sidecar-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": True} in \
+        container["volumeMounts"]
+    assert {"name": "beyla-sidecar-cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}} in \
+        pod["spec"]["volumes"]
+    validate_k8s(pod)
+    _s, _r, default_patch = run_case(RS_POD, "shop", "/mutate", {})
+    default_pod = apply_patch(RS_POD, default_patch)
+    default = default_pod["spec"]["initContainers"][0]
+    assert "NET_ADMIN" not in default["securityContext"]["capabilities"]["add"]
+    assert all(not e["name"].startswith(("BEYLA_BPF_CONTEXT", "BEYLA_CGROUP2")) for e in default["env"])
+    assert all(v["name"] != "beyla-sidecar-cgroup" for v in default_pod["spec"]["volumes"])

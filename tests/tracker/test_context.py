@@ -41,6 +41,22 @@ def test_client_context_is_child_of_serving_span() -> None:
     assert client_context(None).parent_span_id == 0
 
 
+def test_kernel_ids_propagation() -> None:
+    """With propagation the kernel chose the ids: a root server span takes its trace id, a TCP
+    option's context makes it a child, a header wins over both, a client span takes the ids it
+    wrote (its parent only when in the same trace)."""
+    assert server_context(None, kernel_trace=0xAB).trace_id == 0xAB
+    remote = server_context(None, kernel_trace=0xAB, remote_span=0xCD)
+    assert (remote.trace_id, remote.parent_span_id, remote.parent_remote) == (0xAB, 0xCD, True)
+    assert server_context(TP, kernel_trace=0xAB, remote_span=0xCD).trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    serving = TraceContext(trace_id=7, span_id=9)
+    child = client_context(serving, kernel_trace=7, kernel_span=0x55)
+    assert (child.trace_id, child.span_id, child.parent_span_id) == (7, 0x55, 9)
+    other = client_context(serving, kernel_trace=8, kernel_span=0x55)
+    assert (other.trace_id, other.span_id, other.parent_span_id) == (8, 0x55, 0)
+    assert client_context(None, kernel_trace=8, kernel_span=0x55)[:3] == (8, 0x55, 0)
+
+
 def test_an_all_zero_draw_is_never_issued_as_an_id(monkeypatch: pytest.MonkeyPatch) -> None:
     # W3C forbids all-zero ids; real draws give one once in 2**64, so the draws are scripted.
     draws = iter([0, 0, 7, 0, 9])

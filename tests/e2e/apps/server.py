@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,6 +39,19 @@ class Handler(BaseHTTPRequestHandler):
             status = conn.getresponse().status
             conn.close()
             self._send(200, f"upstream {status}\n".encode())
+        elif path.startswith(("/call/", "/calls/")):
+            # A call to another host (another pod): /call/<host>:<port>/<path>, /calls/: over HTTPS
+            # (any certificate)
+            scheme, _, target = path[1:].partition("/")
+            target, _, rest = target.partition("/")
+            host, _, port = target.rpartition(":")
+            conn = (http.client.HTTPSConnection(host, int(port), timeout=5, context=ssl._create_unverified_context())
+                    if scheme == "calls" else http.client.HTTPConnection(host, int(port), timeout=5))
+            conn.request("GET", "/" + rest)
+            upstream = conn.getresponse()
+            body = upstream.read()
+            conn.close()
+            self._send(upstream.status, body)
         elif path.startswith("/hello"):
             self._send(200, b"hello\n")
         elif path.startswith("/users/"):
@@ -51,6 +65,6 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server = ThreadingHTTPServer((sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", int(sys.argv[1])), Handler)
     print("listening", flush=True)
     server.serve_forever()

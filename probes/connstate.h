@@ -1,0 +1,44 @@
+/* The per-connection state and the thread -> server exchange reference: the types of the
+ * `conns` and `serving` maps, which propagate.bpf.c shares with the exchange probes. */
+#ifndef __BEYLA_CONNSTATE_H
+#define __BEYLA_CONNSTATE_H
+
+#include "beyla.h"
+
+enum phase {
+	PHASE_IDLE = 0,     /* no exchange in progress */
+	PHASE_REQUEST = 1,  /* request bytes seen, no response yet */
+	PHASE_RESPONSE = 2, /* response bytes seen: the next request ends the exchange */
+};
+
+enum scan {
+	SCAN_DONE = 0,     /* head end found, or given up */
+	SCAN_RUNNING = 1,  /* looking for the head end in each transfer */
+	SCAN_DEFERRED = 2, /* the first transfer is in the prefix whole: scan it only if another comes */
+};
+
+struct conn_state {
+	__u8 phase;     /* enum phase */
+	__u8 tls;       /* a TLS library drives it: its socket bytes are ciphertext, not reported */
+	__u8 nl;        /* head scan: the last byte other than CR was LF */
+	__u8 scanning;  /* enum scan, for the current message */
+	__u32 scanned;  /* bytes of the current message scanned so far */
+	__u64 ssl;      /* tls: the SSL* last seen on it, to delete its ssl_socks entry on close */
+	__u8 tp_len;    /* bytes in rec.traceparent so far; short of TRACEPARENT_CAPTURE: the line
+			 * went on in the next transfer, which completes it */
+	__u8 announced; /* its CONN_OPEN went out; until then it is sent again before each of the
+			 * connection's exchanges, and an exchange never goes without it */
+	__u8 filling;   /* the current message's prefix holds every byte of it so far and has room:
+			 * its next transfer goes on filling it */
+	__u8 _pad[5];
+	struct exchange rec; /* the exchange in progress, exactly as it will be sent */
+	struct conn_event open; /* its CONN_OPEN, for a send the ring refused */
+};
+
+/* The server exchange a thread is serving: (sock_id, req_start_ns) of its request. */
+struct parent_ref {
+	__u64 sock_id;
+	__u64 start_ns;
+};
+
+#endif /* __BEYLA_CONNSTATE_H */
