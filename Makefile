@@ -47,7 +47,7 @@ test: install test-deps
 unit: $(STAMP)
 	$(VENV)/bin/pytest -m "not bpf"
 
-# `make bench`: about 19 minutes; `make bench BENCH_QUICK=1` checks the harness in ~7.
+# `make bench`: about 22 minutes; `make bench BENCH_QUICK=1` checks the harness in ~7.
 # Figures go to benchmarks/results/ (latest.md, latest.json); see benchmarks/README.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -3,7 +3,7 @@
     python -m benchmarks.run [--quick] [--only app_overhead,sidecar_cost,...]
 
 BENCH_QUICK=1 is the same as --quick: 2 runs per figure and short loads, to check the
-harness (figures from it are not meant to be quoted). A full run takes about 19 minutes on
+harness (figures from it are not meant to be quoted). A full run takes about 22 minutes on
 2 cores. Needs root (BPF, PID namespaces), wrk, nginx, bpftool, redis-server and the built probes.
 Traffic goes to 127.0.0.1 only; every load and wait is bounded.
 """
