@@ -53,15 +53,43 @@ struct {
 	__type(value, __u8);
 } listen_ports SEC(".maps");
 
-/* host tid -> the server exchange it is serving (request seen, response not begun). A plain
- * hash: updated on every server request, where an LRU's list upkeep costs more; entries go
- * with their thread (sched_process_exit), and a full map only costs parent links. */
+/* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`
+ * (response not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
+ * thread (sched_process_exit), and a full map only costs parent links. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_THREADS);
 	__type(key, __u32);
 	__type(value, struct parent_ref);
 } serving SEC(".maps");
+
+/* host tid -> the server requests it read that no call of its own claimed yet (event loops).
+ * Not preallocated: ~0.5 KiB per entry, and only threads that serve have one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+/* A zeroed `pending` value to create entries from: it is too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending_blank SEC(".maps");
+
+/* struct sock address -> the request its thread was handling when it connect()ed: a call that
+ * opens a connection is claimed then, in order, not when the connection is up (an event loop
+ * sends calls in the order their connections complete). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct parent_ref);
+} connect_parents SEC(".maps");
 
 /* TCP over IPv4/IPv6 only: unix, UDP, MPTCP sockets are not ours. sk is a BTF pointer
  * (tp_btf argument): direct loads, no probe reads. */
@@ -151,6 +179,59 @@ static __always_inline bool announce(struct conn_state *st)
 	return st->announced;
 }
 
+/* A server request read by thread `tid`: it waits for a call of the thread to claim it. */
+static __always_inline void queue_request(__u32 tid, const struct parent_ref *ref)
+{
+	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
+	__u32 zero = 0;
+
+	if (!p) {
+		struct pending *blank = bpf_map_lookup_elem(&pending_blank, &zero);
+
+		if (!blank)
+			return;
+		bpf_map_update_elem(&pending, &tid, blank, BPF_NOEXIST);
+		p = bpf_map_lookup_elem(&pending, &tid);
+		if (!p)
+			return;
+	}
+	if (p->count >= PENDING_MAX) { /* full: the oldest goes */
+		p->head++;
+		p->count--;
+	}
+	p->refs[(p->head + p->count) % PENDING_MAX] = *ref;
+	p->count++;
+}
+
+/* The parent of a client request `tid` begins: the oldest request the thread read and no call
+ * claimed (it becomes the one served), else the one it serves. */
+static __always_inline struct parent_ref *claim_request(__u32 tid)
+{
+	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
+	struct parent_ref *oldest = p ? pending_oldest(p) : NULL;
+	struct parent_ref claimed;
+
+	if (!oldest)
+		return bpf_map_lookup_elem(&serving, &tid);
+	claimed = *oldest;
+	oldest->sock_id = 0;
+	bpf_map_update_elem(&serving, &tid, &claimed, BPF_ANY);
+	return bpf_map_lookup_elem(&serving, &tid);
+}
+
+/* The server request on `key` is being answered: no later call of the thread claims it. */
+static __always_inline void unqueue_request(__u32 tid, __u64 key)
+{
+	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
+
+	if (!p)
+		return;
+	for (int i = 0; i < PENDING_MAX; i++) {
+		if (i < p->count && p->refs[(p->head + i) % PENDING_MAX].sock_id == key)
+			p->refs[(p->head + i) % PENDING_MAX].sock_id = 0;
+	}
+}
+
 /* The connection's state goes: a CONN_OPEN that never went out is lost for good. */
 static __always_inline void conn_forget(struct conn_state *st, __u64 key)
 {
@@ -175,6 +256,16 @@ int BPF_PROG(beyla_sk_state, const struct sock *sk, const int oldstate, const in
 		listen_key_of(sk, &key);
 		bpf_map_update_elem(&listen_ports, &key, &one, BPF_ANY);
 		task_event(EVENT_PROCESS_LISTEN, &cur);
+	} else if (newstate == TCP_SYN_SENT) {
+		/* connect() runs this in the connecting thread's context */
+		struct parent_ref *parent;
+		__u64 sock = (__u64)sk;
+
+		if (!current_filtered(&cur))
+			return 0;
+		parent = claim_request((__u32)bpf_get_current_pid_tgid());
+		if (parent)
+			bpf_map_update_elem(&connect_parents, &sock, parent, BPF_ANY);
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		/* not LISTEN -> SYN_RECV: that is a new child socket cloned from the listener */
 		listen_key_of(sk, &key);

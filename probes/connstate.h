@@ -41,4 +41,31 @@ struct parent_ref {
 	__u64 start_ns;
 };
 
+#define PENDING_MAX 32
+
+/* Server requests a thread read that no call of the thread has claimed yet, oldest first. An
+ * event loop reads several requests before their handlers run, and the handlers then send their
+ * calls in that order (asyncio runs ready tasks first in, first out): a client request claims
+ * the oldest. A request answered unclaimed leaves a hole (sock_id 0); a full queue forgets its
+ * oldest. */
+struct pending {
+	__u32 head;  /* index of the oldest entry, modulo PENDING_MAX */
+	__u32 count; /* entries from head, holes included */
+	struct parent_ref refs[PENDING_MAX];
+};
+
+/* Drop the holes at the queue's head; the oldest live entry, or NULL. */
+static __always_inline struct parent_ref *pending_oldest(struct pending *p)
+{
+	for (int i = 0; i < PENDING_MAX && p->count; i++) {
+		struct parent_ref *ref = &p->refs[p->head % PENDING_MAX];
+
+		if (ref->sock_id)
+			return ref;
+		p->head++;
+		p->count--;
+	}
+	return NULL;
+}
+
 #endif /* __BEYLA_CONNSTATE_H */

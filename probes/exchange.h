@@ -407,9 +407,16 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 	rec->resp_off = req_capture;
 	rec->parent_sock = rec->parent_start = 0;
 	if (rec->role == ROLE_SERVER) {
-		bpf_map_update_elem(&serving, &tid, &ref, BPF_ANY);
+		queue_request(tid, &ref); /* served from the first call that claims it */
 	} else {
-		parent = bpf_map_lookup_elem(&serving, &tid);
+		parent = bpf_map_lookup_elem(&connect_parents, &key);
+		if (parent) { /* claimed when it connected */
+			bpf_map_update_elem(&serving, &tid, parent, BPF_ANY);
+			bpf_map_delete_elem(&connect_parents, &key);
+			parent = bpf_map_lookup_elem(&serving, &tid);
+		} else {
+			parent = claim_request(tid);
+		}
 		if (parent) {
 			rec->parent_sock = parent->sock_id;
 			rec->parent_start = parent->start_ns;
@@ -436,6 +443,7 @@ static __always_inline void start_response(struct conn_state *st, __u64 key, con
 		ref = bpf_map_lookup_elem(&serving, &tid);
 		if (ref && ref->sock_id == key)
 			bpf_map_delete_elem(&serving, &tid);
+		unqueue_request(tid, key);
 	}
 	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
 	st->filling = rec->resp_len == moved && moved < resp_capture;

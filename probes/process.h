@@ -191,6 +191,7 @@ int beyla_task_exit(void *ctx)
 	tid = (__u32)bpf_get_current_pid_tgid();
 	bpf_map_delete_elem(&ssl_calls, &tid);
 	bpf_map_delete_elem(&serving, &tid);
+	bpf_map_delete_elem(&pending, &tid);
 	/* do_exit() decrements signal->live before this tracepoint: 0 for the last thread */
 	task = cur.task;
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)

@@ -83,6 +83,21 @@ struct {
 	__type(value, struct parent_ref);
 } serving SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct parent_ref);
+} connect_parents SEC(".maps");
+
 /* The first bytes of the message (per CPU: too big for the stack). 16 zeroed bytes of slack
  * let a header-name compare read past the window's end. */
 struct msg_window {
@@ -334,11 +349,22 @@ static __always_inline void adopt_incoming(struct conn_state *st)
 /* The context of the request being sent: the trace of the server exchange the sending
  * thread serves, when the kernel knows it (it gave it one, or read the caller's), else a new
  * trace. */
-static __always_inline void choose_ids(struct trace_ids *ids)
+static __always_inline void choose_ids(struct trace_ids *ids, __u64 sock)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct parent_ref *ref = bpf_map_lookup_elem(&serving, &tid);
-	struct conn_state *st = ref ? bpf_map_lookup_elem(&conns, &ref->sock_id) : NULL;
+	/* the parent the exchange probes will give this request when its send ends (start_request):
+	 * the one claimed when its connection was opened, else the thread's oldest unclaimed */
+	struct parent_ref *ref = bpf_map_lookup_elem(&connect_parents, &sock);
+	struct pending *p;
+	struct conn_state *st;
+
+	if (!ref) {
+		p = bpf_map_lookup_elem(&pending, &tid);
+		ref = p ? pending_oldest(p) : NULL;
+	}
+	if (!ref)
+		ref = bpf_map_lookup_elem(&serving, &tid);
+	st = ref ? bpf_map_lookup_elem(&conns, &ref->sock_id) : NULL;
 
 	if (st && st->rec.req_start_ns == ref->start_ns && (st->rec.flags & FLAG_CONTEXT)) {
 		adopt_incoming(st);
@@ -489,7 +515,7 @@ int beyla_ctx_msg(struct sk_msg_md *msg)
 		count(CTX_FAILED);
 		return SK_PASS;
 	}
-	choose_ids(&out);
+	choose_ids(&out, (__u64)sk);
 	if (at) {
 		if (!insert_header(msg, at, &out)) {
 			count(CTX_FAILED);

@@ -40,7 +40,7 @@ MODES = {"disabled": 0, "headers": 1, "tcp": 2, "all": 3}  # enum propagation_mo
 # enum ctx_counter in probes/propagate.bpf.c
 COUNTER_NAMES = ("injected", "not_http", "has_traceparent", "doubt", "failed", "socks_full",
                  "option_written", "option_read")
-SHARED_MAPS = ("conns", "serving", "sock_ctxs", "sock_ids_map")
+SHARED_MAPS = ("conns", "serving", "pending", "connect_parents", "sock_ctxs", "sock_ids_map")
 NAMESPACED_ROOT = "/sys/fs/cgroup"  # where a runtime mounts a container's own cgroup
 MAX_SEARCH_DEPTH = 8
 FIX_CAPABILITY = ("context propagation needs CAP_NET_ADMIN (the kernel requires it for sockops and sk_msg "
