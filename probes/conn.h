@@ -227,8 +227,12 @@ static __always_inline void unqueue_request(__u32 tid, __u64 key)
 	if (!p)
 		return;
 	for (int i = 0; i < PENDING_MAX; i++) {
-		if (i < p->count && p->refs[(p->head + i) % PENDING_MAX].sock_id == key)
+		if (i >= p->count) /* a thread per request has at most one: one round */
+			break;
+		if (p->refs[(p->head + i) % PENDING_MAX].sock_id == key) {
 			p->refs[(p->head + i) % PENDING_MAX].sock_id = 0;
+			break;
+		}
 	}
 }
 
