@@ -57,11 +57,10 @@ from typing import NamedTuple, cast
 
 from ..bpf.events import ExchangeRecord
 from .base import Message, Parsed, SpanDescription, SpanKind
-from .database import Database
+from .database import PARSE_CACHE, Database
 
 MAX_TEXT_ARGS = 64  # `?` placeholders in a sanitized command; more show as ` ...`
 MAX_KEY = 250  # memcached's longest key
-PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
 OTHER = "_OTHER"  # the name of a command memcached does not know
 
 RETRIEVAL = frozenset((b"get", b"gets", b"gat", b"gats"))
@@ -401,10 +400,7 @@ def _due(r: bytes, total: int) -> bool:
     return p > total
 
 
-_MISSING = object()
-
-
-class Memcached(Database):
+class Memcached(Database[RequestFields]):
     """memcached's text protocol (classic and meta commands), client and server side."""
 
     name = "memcached"
@@ -413,7 +409,6 @@ class Memcached(Database):
 
     def __init__(self, query_text: str = "sanitized") -> None:
         super().__init__(query_text)
-        self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._replies: dict[tuple[bytes, int, int], ResponseShape] = {}
 
     def detect(self, request: bytes, response: bytes) -> bool:
@@ -437,16 +432,8 @@ class Memcached(Database):
         # after a command that gets no answer, the reply is a later command's
         return first in (REPLIES if _quiet(name, args) else FIRST_REPLIES[name])
 
-    def _request(self, rec: ExchangeRecord) -> RequestFields | None:
-        b, total = rec.request, rec.req_bytes
-        key: bytes | tuple[bytes, int] = b if len(b) >= total else (b, total)
-        cache = self._requests
-        fields = cache.get(key, _MISSING)
-        if fields is _MISSING:
-            if len(cache) >= PARSE_CACHE:
-                cache.clear()
-            fields = cache[key] = request_fields(b, total, self.query_text)
-        return fields  # type: ignore[return-value]
+    def request_fields(self, b: bytes, total: int) -> RequestFields | None:
+        return request_fields(b, total, self.query_text)
 
     def _reply(self, r: bytes, total: int, reply: int) -> ResponseShape:
         key = (r, total if reply == ROWS and len(r) < total else 0, reply)

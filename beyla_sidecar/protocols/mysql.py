@@ -70,7 +70,6 @@ from .base import Message, Parsed, SpanDescription, SpanKind
 from .database import Database, error_attributes
 from .sql import Statement, statement
 
-PARSE_CACHE = 4096  # distinct request prefixes remembered before the cache starts over
 MAX_STATEMENTS = 256  # prepared statements remembered per connection
 MAX_CONNECTIONS = 4096  # connections whose state (database, statements) is remembered
 MAX_DATABASE = 64  # longest database name remembered (MySQL's identifier limit)
@@ -364,10 +363,7 @@ def error_code(r: bytes) -> str | None:
         p += 4 + _u24(r, p)  # a progress report
 
 
-_MISSING = object()
-
-
-class MySQL(Database):
+class MySQL(Database[RequestFields]):
     """MySQL/MariaDB commands and their answers, prepared statements by id per connection."""
 
     name = "mysql"
@@ -375,7 +371,6 @@ class MySQL(Database):
 
     def __init__(self, query_text: str = "sanitized") -> None:
         super().__init__(query_text)
-        self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._connections: dict[int, _Connection] = {}  # sock_id -> its state, oldest first
 
     def detect(self, request: bytes, response: bytes) -> bool:
@@ -405,13 +400,10 @@ class MySQL(Database):
             key = b[:9]  # length, sequence id, command, statement id
         else:
             key = b if len(b) >= total else (b, total)
-        cache = self._requests
-        fields = cache.get(key, _MISSING)
-        if fields is _MISSING:
-            if len(cache) >= PARSE_CACHE:
-                cache.clear()
-            fields = cache[key] = request_fields(b, total, self.query_text)
-        return fields  # type: ignore[return-value]
+        return self._remembered(key, b, total)
+
+    def request_fields(self, b: bytes, total: int) -> RequestFields | None:
+        return request_fields(b, total, self.query_text)
 
     def _connection(self, sock: int) -> _Connection:
         """The state of connection `sock`, made when missing (the oldest one forgotten beyond the bound)."""

@@ -69,12 +69,11 @@ from typing import NamedTuple, cast
 
 from ..bpf.events import ExchangeRecord
 from .base import Message, Parsed, SpanDescription, SpanKind
-from .database import Database, error_attributes
+from .database import PARSE_CACHE, Database, error_attributes
 from .sql import Statement, statement
 
 MAX_STATEMENTS = 512  # statements and portals remembered per connection (pgx caches 512, JDBC 256)
 MAX_CONNECTIONS = 1024  # connections whose state (database, statements, a COPY under way) is remembered
-PARSE_CACHE = 4096  # distinct prefixes (and statement texts) remembered before a cache starts over
 
 SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
 MAX_MESSAGE = 1 << 30  # the server's own limit on a message (MaxAllocSize)
@@ -402,10 +401,7 @@ def _startup(b: bytes, total: int) -> RequestFields | None:
     return RequestFields(STARTUP, (), 0, None, (), False, False, database)
 
 
-_MISSING = object()
-
-
-class PostgreSQL(Database):
+class PostgreSQL(Database[RequestFields]):
     """PostgreSQL frontend/backend protocol v3: simple and extended queries and their answers."""
 
     name = "postgresql"
@@ -414,7 +410,6 @@ class PostgreSQL(Database):
 
     def __init__(self, query_text: str = "sanitized") -> None:
         super().__init__(query_text)
-        self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._statements: dict[tuple[bytes, bool, bool], tuple[Statement, ...]] = {}
         self._errors: dict[bytes, str] = {}  # response prefix holding an `E` byte -> its first error
         self._conns: dict[int, _Conn] = {}  # sock_id -> what is remembered of it, oldest first
@@ -466,16 +461,6 @@ class PostgreSQL(Database):
                 return None
         return walk.fields(rest)
 
-    def _request(self, rec: ExchangeRecord) -> RequestFields | None:
-        b, total = rec.request, rec.req_bytes
-        key: bytes | tuple[bytes, int] = b if len(b) >= total else (b, total)
-        cache = self._requests
-        fields = cache.get(key, _MISSING)
-        if fields is _MISSING:
-            if len(cache) >= PARSE_CACHE:
-                cache.clear()
-            fields = cache[key] = self.request_fields(b, total)
-        return fields  # type: ignore[return-value]
 
     # --- per-connection state ------------------------------------------------------------------
 

@@ -58,11 +58,10 @@ from typing import NamedTuple, cast
 
 from ..bpf.events import End, ExchangeRecord
 from .base import Message, Parsed, SpanDescription, SpanKind
-from .database import Database, error_attributes
+from .database import PARSE_CACHE, Database, error_attributes
 
 MAX_TEXT_ARGS = 64  # `?` placeholders in a sanitized command; more show as ` ...`
 MAX_NAME = 32  # longest command name accepted (module commands: `FT._ALIASADDIFNX`)
-PARSE_CACHE = 4096  # distinct prefixes remembered per direction before the cache starts over
 MAX_DB_CONNECTIONS = 16384  # connections whose selected database is remembered (then forgotten at once)
 
 # Commands an inline request may start with to be recognised (what health checkers and people type).
@@ -397,10 +396,7 @@ def first_error(b: bytes) -> str:
     return ""
 
 
-_MISSING = object()
-
-
-class Redis(Database):
+class Redis(Database[RequestFields]):
     """Redis RESP2/RESP3 requests (arrays of bulk strings, or inline) and replies."""
 
     name = "redis"
@@ -409,7 +405,6 @@ class Redis(Database):
 
     def __init__(self, query_text: str = "sanitized") -> None:
         super().__init__(query_text)
-        self._requests: dict[bytes | tuple[bytes, int], RequestFields | None] = {}
         self._errors: dict[bytes, str] = {}  # response prefix of a pipeline -> its first error
         self._dbs: dict[int, str] = {}  # sock_id -> database index selected on it
 
@@ -423,16 +418,8 @@ class Redis(Database):
         m = _INLINE_START.match(request)
         return m is not None and m.group(1).upper().decode("ascii") in INLINE_COMMANDS
 
-    def _request(self, rec: ExchangeRecord) -> RequestFields | None:
-        b, total = rec.request, rec.req_bytes
-        key: bytes | tuple[bytes, int] = b if len(b) >= total else (b, total)
-        cache = self._requests
-        fields = cache.get(key, _MISSING)
-        if fields is _MISSING:
-            if len(cache) >= PARSE_CACHE:
-                cache.clear()
-            fields = cache[key] = request_fields(b, total, self.query_text)
-        return fields  # type: ignore[return-value]
+    def request_fields(self, b: bytes, total: int) -> RequestFields | None:
+        return request_fields(b, total, self.query_text)
 
     def parse(self, rec: ExchangeRecord) -> Parsed | None:
         fields = self._request(rec)
