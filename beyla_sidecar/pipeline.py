@@ -16,7 +16,7 @@ import psutil
 import structlog
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord
+from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord, H2Chunk
 from .bpf.loader import Probes
 from .config import Config, ConfigError
 from .discover.lifecycle import Discovery
@@ -141,6 +141,8 @@ class Pipeline:
             return
         if type(ev) is ExchangeRecord:
             self.tracker.exchange(ev)
+        elif type(ev) is H2Chunk:
+            self.tracker.h2(ev)
         elif ev.type in PROCESS_EVENTS:
             self._process_event(ev, pid)
         else:

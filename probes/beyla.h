@@ -10,6 +10,8 @@
 #define RESP_CAPTURE_MAX 256
 /* Bytes kept after a "traceparent:" found beyond the request prefix. */
 #define TRACEPARENT_CAPTURE 80
+/* Bytes of an HTTP/2 connection's frames one chunk record carries at most. */
+#define H2_CHUNK_MAX 4096
 /* Longest executable path an exec event carries (a longer one is not sent). */
 #define EXE_PATH_MAX 256
 
@@ -22,6 +24,7 @@ enum event_type {
 	EVENT_PROCESS_FORK = 5,   /* a new process (not a thread) was forked */
 	EVENT_PROCESS_EXIT = 6,   /* the last thread of a process exited */
 	EVENT_PROCESS_LISTEN = 7, /* a TCP socket of the process started listening */
+	EVENT_H2_CHUNK = 8,       /* bytes of an HTTP/2 connection, DATA payloads left out (struct h2_chunk) */
 };
 
 enum record_flags {
@@ -131,6 +134,27 @@ struct exchange {
 	__u8 data[REQ_CAPTURE_MAX + RESP_CAPTURE_MAX];
 };
 
+/* A stretch of one direction of an HTTP/2 connection (probes/h2.h): every byte the transfers moved
+ * except the payloads of DATA frames and of extension frame types (above CONTINUATION), which their
+ * frame header's length accounts for, and except the client preface. One or more per transfer;
+ * each direction's first chunk starts at a frame header. */
+struct h2_chunk {
+	__u8 type;   /* EVENT_H2_CHUNK */
+	__u8 flags;  /* FLAG_TLS; FLAG_TRUNCATED: bytes could not be read, the framing is lost after data[] */
+	__u8 role;   /* enum conn_role */
+	__u8 recv;   /* 1: the bytes went into the process */
+	__u32 pid;   /* host tgid of the connection's process */
+	__u32 ns_pid;
+	__u32 tid;   /* host tid of the transfer */
+	__u64 sock_id;
+	__u64 ts_ns; /* the transfer */
+	__u32 seq;   /* per connection and direction, from 0: a gap is a chunk the full ring refused */
+	__u32 moved; /* bytes of the direction's stream covered, skipped payloads included */
+	__u16 len;   /* bytes in data[] */
+	__u16 _pad[3];
+	__u8 data[H2_CHUNK_MAX];
+};
+
 /* Per-CPU counters in the `counters` array map, read by user space. A record that never
  * reaches the ring is counted once, in one of the first two. */
 enum counter_index {
@@ -140,6 +164,8 @@ enum counter_index {
 	COUNTER_ORPHAN_RESPONSES = 2, /* response bytes with no request seen on the connection */
 	COUNTER_EXCHANGE_DROPS = 3,   /* an exchange record the full ring refused: one request
 				       * and its response lost */
+	COUNTER_H2_DROPS = 4,         /* an HTTP/2 chunk the full ring refused: its connection's
+				       * streams are lost from then on */
 	COUNTER_MAX = 8,
 };
 #define COUNTER_NONE COUNTER_MAX /* submit(): a refusal is not a loss (yet) */

@@ -10,6 +10,15 @@
 #define MAX_LISTEN_PORTS 4096
 #define MAX_THREADS 16384
 
+/* The user buffers holding one transfer's bytes: the first at buf, then, for readv/writev/
+ * recvmsg/sendmsg, the rest of the iovec array (read only for HTTP/2 framing). */
+struct xfer {
+	__u64 buf;      /* user address; 0: none (sendfile, splice, unknown syscall) */
+	__u64 avail;    /* readable bytes at buf */
+	__u64 iov;      /* user address of the next struct iovec; 0: none */
+	__u64 iov_left; /* iovecs from there */
+};
+
 /* A listening TCP port of one network namespace. */
 struct listen_key {
 	__u32 netns; /* inode of the network namespace */

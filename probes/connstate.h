@@ -17,6 +17,18 @@ enum scan {
 	SCAN_DEFERRED = 2, /* the first transfer is in the prefix whole: scan it only if another comes */
 };
 
+/* Where the framing of one direction of an HTTP/2 connection stands between transfers. */
+struct h2_dir {
+	__u32 skip;     /* payload bytes of a frame that is not kept (DATA) still to come */
+	__u32 copy;     /* payload bytes of a kept frame still to come */
+	__u32 seq;      /* the next chunk's sequence number */
+	__u8 preface;   /* bytes of the client preface still to come (not reported) */
+	__u8 hdr_have;  /* bytes of a frame header seen so far */
+	__u8 lost;      /* bytes were unreadable: the framing is unknown from here on */
+	__u8 _pad;
+	__u8 hdr[24];   /* the frame header being read: 9 bytes; the rest bounds a copy at any offset */
+};
+
 struct conn_state {
 	__u8 phase;     /* enum phase */
 	__u8 tls;       /* a TLS library drives it: its socket bytes are ciphertext, not reported */
@@ -30,9 +42,11 @@ struct conn_state {
 			 * connection's exchanges, and an exchange never goes without it */
 	__u8 filling;   /* the current message's prefix holds every byte of it so far and has room:
 			 * its next transfer goes on filling it */
-	__u8 _pad[5];
+	__u8 h2;        /* it began with the HTTP/2 client preface: chunks (h2.h), no exchanges */
+	__u8 _pad[4];
 	struct exchange rec; /* the exchange in progress, exactly as it will be sent */
 	struct conn_event open; /* its CONN_OPEN, for a send the ring refused */
+	struct h2_dir h2dir[2]; /* HTTP/2 framing: [0] what the process sends, [1] what it receives */
 };
 
 /* The server exchange a thread is serving: (sock_id, req_start_ns) of its request. */

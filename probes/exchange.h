@@ -6,7 +6,7 @@
 #ifndef __BEYLA_EXCHANGE_H
 #define __BEYLA_EXCHANGE_H
 
-#include "conn.h"
+#include "h2.h"
 
 /* Head scan: 64-byte blocks read one at a time, of which 48 are scanned before the next is
  * read, so that the first 8 bytes after any line break are in the block. Heads beyond
@@ -19,12 +19,6 @@
 #define HIGH_BITS 0x8080808080808080ULL
 #define LOWER_CASE 0x2020202020202020ULL
 #define TRACEPAR 0x7261706563617274ULL /* "tracepar", little-endian */
-
-/* A user buffer holding (the start of) one transfer's bytes. */
-struct xfer {
-	__u64 buf;   /* user address; 0: none (sendfile, splice, unknown syscall) */
-	__u64 avail; /* readable bytes at buf */
-};
 
 /* Scratch of the head scan, per CPU: the block (no variable offsets into the stack; the
  * 16 bytes of slack let a line-start check read past the last block position) and the
@@ -455,8 +449,19 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 {
 	struct exchange *rec = &st->rec;
 	bool request = (rec->role == ROLE_SERVER) == recv;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
+	if (st->h2) {
+		h2_transfer(st, key, recv, moved, x);
+		return;
+	}
+	/* only a connection's first request can start with the preface: one 16-byte read each */
+	if (request && !rec->req_start_ns && st->phase == PHASE_IDLE && h2_preface(x, moved)) {
+		h2_begin(st, recv);
+		h2_transfer(st, key, recv, moved, x);
+		return;
+	}
+	now = bpf_ktime_get_ns();
 	if (request) {
 		if (st->phase == PHASE_RESPONSE)
 			emit_exchange(st, END_NEXT_REQUEST, now);

@@ -38,7 +38,7 @@
 
 #define MSG_PEEK 2
 
-/* First element of a user iovec array. */
+/* First element of a user iovec array, and where the others are. */
 static __always_inline void first_iovec(__u64 uiov, __u64 cnt, struct xfer *x)
 {
 	struct iovec iov;
@@ -47,6 +47,8 @@ static __always_inline void first_iovec(__u64 uiov, __u64 cnt, struct xfer *x)
 		return;
 	x->buf = (__u64)iov.iov_base;
 	x->avail = iov.iov_len;
+	x->iov = uiov + sizeof(iov);
+	x->iov_left = cnt - 1;
 }
 
 /* The user buffer of the syscall in progress: read/write/recvfrom/sendto pass it

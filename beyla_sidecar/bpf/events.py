@@ -24,6 +24,9 @@ TRACEPARENT_CAPTURE = 80
 EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
 REQ_CAPTURE_MAX = 512
 RESP_CAPTURE_MAX = 256
+# struct h2_chunk up to data[]: type, flags, role, recv, pid, ns_pid, tid, sock_id, ts_ns, seq, moved, len
+H2_CHUNK = struct.Struct("<BBBBIIIQQIIH6x")
+H2_CHUNK_MAX = 4096
 # struct conn_state (probes/conn.h): phase, tls, nl, scanning, scanned, ssl, tp_len, announced,
 # filling, then the exchange (and the CONN_OPEN after it)
 CONN_STATE = struct.Struct("<BBBBIQB7x")
@@ -45,6 +48,8 @@ class EventType(IntEnum):
     PROCESS_FORK = 5
     PROCESS_EXIT = 6
     PROCESS_LISTEN = 7
+    H2_CHUNK = 8  # a stretch of one direction of an HTTP/2 connection
+
 
 
 PROCESS_EVENTS = frozenset((EventType.PROCESS_EXEC, EventType.PROCESS_FORK, EventType.PROCESS_EXIT,
@@ -142,6 +147,29 @@ class ExchangeRecord(NamedTuple):
         return bool(self.flags & FLAG_TLS)
 
 
+class H2Chunk(NamedTuple):
+    """A stretch of one direction of an HTTP/2 connection (probes/h2.h): the bytes a run of transfers
+    moved, frame headers and payloads kept, except the payloads of DATA frames and of frame types
+    above CONTINUATION (9), which only their header's length accounts for. The client's preface is
+    left out: each direction's first chunk (seq 0) starts at a frame header."""
+
+    sock_id: int
+    pid: int
+    ns_pid: int
+    tid: int  # host tid of the transfer
+    role: Role
+    recv: bool  # the bytes went into the process (else out of it)
+    flags: int  # FLAG_TLS; FLAG_TRUNCATED: bytes could not be read: the framing is lost after `data`
+    seq: int  # per connection and direction, from 0: a gap is a record the full ring refused
+    ts_ns: int  # when the transfer that ends the chunk happened
+    moved: int  # bytes of the direction's stream the chunk covers (skipped payloads included)
+    data: bytes  # those bytes without the skipped payloads
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.flags & FLAG_TLS)
+
+
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _TYPES: tuple[EventType | None, ...] = (None, *EventType)  # value -> member without Enum.__call__
 _ROLES = tuple(Role)
@@ -185,6 +213,17 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
         trace, span))
 
 
+def decode_h2_chunk(record: bytes | memoryview) -> H2Chunk | None:
+    """An HTTP/2 chunk from a ring record; None when malformed."""
+    if len(record) < H2_CHUNK.size:
+        return None
+    etype, flags, role, recv, pid, ns_pid, tid, sock_id, ts, seq, moved, length = H2_CHUNK.unpack_from(record)
+    if role > 2 or recv > 1 or length > H2_CHUNK_MAX or H2_CHUNK.size + length > len(record) or length > moved:
+        return None
+    return H2Chunk(sock_id, pid, ns_pid, tid, _ROLES[role], bool(recv), flags, seq, ts, moved,
+                   bytes(record[H2_CHUNK.size:H2_CHUNK.size + length]))
+
+
 class Decoder:
     """Decodes records; remembers the text of addresses and task names, which repeat
     from connection to connection, so each is formatted only once."""
@@ -210,12 +249,14 @@ class Decoder:
             text = self._comms[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return text
 
-    def decode(self, record: bytes | memoryview) -> ExchangeRecord | Event | None:
+    def decode(self, record: bytes | memoryview) -> ExchangeRecord | H2Chunk | Event | None:
         """Decode one record; None when it is too short or malformed."""
         if not len(record):
             return None
         if record[0] == EventType.EXCHANGE:
             return decode_exchange(record)
+        if record[0] == EventType.H2_CHUNK:
+            return decode_h2_chunk(record)
         if len(record) < CONN_EVENT.size:
             return None
         (etype, role, flags, pid, tid, ns_pid, ns_tid, ts, sock_id, saddr, daddr, sport, dport, family,

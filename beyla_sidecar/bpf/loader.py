@@ -37,7 +37,7 @@ AUTO = "auto"
 WAKEUP_FRACTION = 4
 # Indexes of enum counter_index in probes/beyla.h. A record the ring refused counts once: in
 # event_drops (connection and process events) or exchange_drops (one request and its response).
-COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops")
+COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops", "h2_chunk_drops")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port

@@ -23,14 +23,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from ..bpf.events import FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, Role
+from ..bpf.events import FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, H2Chunk, Role
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
 from .exchange import Exchange
+
+if TYPE_CHECKING:
+    from ..protocols.http2 import HTTP2
 
 # Exchanges of a connection no protocol recognises before it is given up as unrecognised.
 DETECT_ATTEMPTS = 3
@@ -84,6 +88,7 @@ class Tracker:
                  max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON,
                  traces: bool = True) -> None:
         self._protocols = protocols
+        self._http2 = cast("HTTP2 | None", next((p for p in protocols if p.name == "http2"), None))
         self._emit = emit
         self._max_connections = max_connections
         self._sampler = sampler
@@ -119,6 +124,26 @@ class Tracker:
             self.stats.duplicates += 1
             return
         self._record(rec)
+
+    def h2(self, chunk: H2Chunk) -> None:
+        """A chunk of an HTTP/2 connection (the kernel recognised its preface): the streams it
+        finishes are exchanges. A server stream continues an incoming traceparent, else starts a
+        trace; a client stream starts one (the kernel links no parent to HTTP/2 streams)."""
+        self.stats.records += 1
+        self.stats.bytes += chunk.moved
+        c = self._conns.get(chunk.sock_id)
+        if c is None:  # its CONN_OPEN was lost (full ring) or evicted
+            c = self._open(chunk.sock_id, chunk.role, NO_TUPLE, chunk.pid, chunk.ns_pid, chunk.tls)
+        if c.ignored or self._http2 is None:
+            return
+        c.protocol = self._http2
+        for done in self._http2.chunk(chunk):
+            ctx = None
+            if self._traces:
+                request = done.parsed.request
+                ctx = (server_context(request.traceparent, self._sampler, 0, 0) if c.role is Role.SERVER
+                       else client_context(None, self._sampler, 0, 0))
+            self._emit_exchange(c, done.protocol, done.tid, done.parsed, ctx)
 
     def sweep(self, records: Iterable[ExchangeRecord], finished_only: bool = True) -> list[ExchangeRecord]:
         """Exchanges found idle in the kernel's state: ended now, unless their protocol knows
@@ -283,7 +308,10 @@ class Tracker:
 
     def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext | None) -> None:
         assert c.protocol is not None
+        self._emit_exchange(c, c.protocol, rec.tid, parsed, ctx)
+
+    def _emit_exchange(self, c: Connection, protocol: Protocol, tid: int, parsed: Parsed,
+                       ctx: TraceContext | None) -> None:
         kind = SpanKind.SERVER if c.role is Role.SERVER else SpanKind.CLIENT
         self.stats.exchanges += 1
-        self._emit(Exchange(c.protocol, kind, parsed.request, parsed.response, ctx,
-                            c.pid, rec.tid, c.ns_pid, c.conn, c.tls))
+        self._emit(Exchange(protocol, kind, parsed.request, parsed.response, ctx, c.pid, tid, c.ns_pid, c.conn, c.tls))

@@ -13,7 +13,7 @@ import pytest
 
 from beyla_sidecar.bpf import events
 from beyla_sidecar.bpf.events import (ANNOUNCED_IN_STATE, CONN_EVENT, CONN_STATE, EXCHANGE, EXCHANGE_DATA,
-                                      EXEC_EXTRA, PROCESS_EVENTS, Decoder,
+                                      EXEC_EXTRA, H2_CHUNK, PROCESS_EVENTS, Decoder, H2Chunk,
                                       RESP_END_IN_STATE, End, EventType, ExchangeRecord, Role,
                                       decode_exchange)
 from beyla_sidecar.bpf.loader import _LISTEN_KEY, COUNTER_NAMES
@@ -29,6 +29,7 @@ LAYOUT_C = r"""
 #define E(m) printf("exchange.%s %zu\n", #m, offsetof(struct exchange, m));
 #define C(m) printf("conn_event.%s %zu\n", #m, offsetof(struct conn_event, m));
 #define X(m) printf("exec_event.%s %zu\n", #m, offsetof(struct exec_event, m));
+#define H(m) printf("h2_chunk.%s %zu\n", #m, offsetof(struct h2_chunk, m));
 int main(void) {
     printf("conn_event %zu\nreq_max %d\nresp_max %d\ntp %d\n", sizeof(struct conn_event),
            REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, TRACEPARENT_CAPTURE);
@@ -37,6 +38,8 @@ int main(void) {
     E(resp_start_ns) E(resp_end_ns) E(req_bytes) E(resp_bytes) E(parent_sock) E(parent_start)
     E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(trace_id) E(span_id) E(traceparent) E(data)
     X(exe) X(path_len) X(path)
+    H(type) H(flags) H(role) H(recv) H(pid) H(ns_pid) H(tid) H(sock_id) H(ts_ns) H(seq) H(moved) H(len) H(data)
+    printf("h2_max %d\nEVENT_H2_CHUNK %d\nCOUNTER_H2_DROPS %d\n", H2_CHUNK_MAX, EVENT_H2_CHUNK, COUNTER_H2_DROPS);
     printf("exec_event %zu\npath_max %d\nFLAG_PENDING %d\n", sizeof(struct exec_event), EXE_PATH_MAX, FLAG_PENDING);
     printf("FLAG_TLS %d\nFLAG_TRACEPARENT %d\nFLAG_TRUNCATED %d\nEND_NEXT_REQUEST %d\nEND_CLOSE %d\n",
            FLAG_TLS, FLAG_TRACEPARENT, FLAG_TRUNCATED, END_NEXT_REQUEST, END_CLOSE);
@@ -92,6 +95,11 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
         CONN_EVENT.size, CONN_EVENT.size + 16, CONN_EVENT.size + EXEC_EXTRA.size)
     assert out["exec_event"] == CONN_EVENT.size + EXEC_EXTRA.size + events.EXE_PATH_MAX == 96 + 24 + 256
     assert (out["path_max"], out["FLAG_PENDING"]) == (events.EXE_PATH_MAX, events.FLAG_PENDING)
+    assert [out[f"h2_chunk.{m}"] for m in ("type", "flags", "role", "recv", "pid", "ns_pid", "tid", "sock_id",
+                                           "ts_ns", "seq", "moved", "len")] == [0, 1, 2, 3, 4, 8, 12, 16, 24, 32, 36, 40]
+    assert out["h2_chunk.data"] == H2_CHUNK.size == 48
+    assert (out["h2_max"], out["EVENT_H2_CHUNK"]) == (events.H2_CHUNK_MAX, EventType.H2_CHUNK)
+    assert out["COUNTER_H2_DROPS"] == COUNTER_NAMES.index("h2_chunk_drops")
 
 
 @pytest.mark.bpf
@@ -153,6 +161,29 @@ def conn_record(etype: int, family: int = socket.AF_INET, flags: int = 0) -> byt
     daddr = socket.inet_pton(socket.AF_INET, "10.9.8.7") + bytes(12)
     return CONN_EVENT.pack(etype, 1, flags, 1000, 1001, 7, 8, 123, 0xFFFF8881, saddr, daddr, 8080, 43210,
                            family, b"nginx".ljust(16, b"\0"))
+
+
+def h2_record(data: bytes, moved: int, flags: int = 0, role: int = 1, recv: int = 1, length: int | None = None) -> bytes:
+    head = H2_CHUNK.pack(EventType.H2_CHUNK, flags, role, recv, 1000, 7, 1001, 0xFFFF8881, 55, 3, moved,
+                         len(data) if length is None else length)
+    return head + data
+
+
+def test_decode_h2_chunk() -> None:
+    chunk = Decoder().decode(h2_record(b"\0\0\4\1\5\0\0\0\1abcd", 16017, flags=events.FLAG_TLS))
+    assert chunk == H2Chunk(0xFFFF8881, 1000, 7, 1001, Role.SERVER, True, events.FLAG_TLS, 3, 55, 16017,
+                            b"\0\0\4\1\5\0\0\0\1abcd")
+    assert chunk.tls
+
+
+def test_malformed_h2_chunks_are_rejected() -> None:
+    decode = Decoder().decode
+    assert decode(h2_record(b"abc", 3)[:H2_CHUNK.size - 1]) is None  # short header
+    assert decode(h2_record(b"abc", 3, length=4)) is None  # data shorter than its length
+    assert decode(h2_record(b"abc", 2)) is None  # more kept bytes than covered
+    assert decode(h2_record(b"abc", 3, role=3)) is None
+    assert decode(h2_record(b"abc", 3, recv=2)) is None
+    assert decode(h2_record(b"x" * (events.H2_CHUNK_MAX + 1), 5000)) is None
 
 
 def test_decode_connection_and_process_events() -> None:

@@ -86,7 +86,8 @@ def test_probes_load_and_attach(probes: Probes) -> None:
     assert sorted(probes.program_names) == sorted(TRACEPOINT.programs)
     # the OpenSSL uprobe programs are loaded too, attached later per library (discover/)
     assert sorted(bpf_prog_ids().values()) == sorted(TRACEPOINT.programs + UPROBE_PROGRAMS)
-    assert probes.counters() == {"event_drops": 0, "read_fails": 0, "orphan_responses": 0, "exchange_drops": 0}
+    assert probes.counters() == {"event_drops": 0, "read_fails": 0, "orphan_responses": 0, "exchange_drops": 0,
+                                "h2_chunk_drops": 0}
 
 
 def test_pod_traffic_is_one_exact_record_per_exchange_and_outside_traffic_is_invisible(
@@ -115,7 +116,8 @@ def test_pod_traffic_is_one_exact_record_per_exchange_and_outside_traffic_is_inv
         assert r.sock_id == sock_of[r.role] and r.parent is None and not r.tls
         assert r.req_start_ns <= r.req_end_ns <= r.resp_start_ns <= r.resp_end_ns
         assert (r.req_head, r.resp_head) == (0, 0)  # binary payloads: no head end
-    assert probes.counters() == {"event_drops": 0, "read_fails": 0, "orphan_responses": 0, "exchange_drops": 0}
+    assert probes.counters() == {"event_drops": 0, "read_fails": 0, "orphan_responses": 0, "exchange_drops": 0,
+                                "h2_chunk_drops": 0}
 
 
 def test_capture_sizes_limit_prefixes_not_byte_counts(

@@ -1,0 +1,60 @@
+"""HTTP/2 framing in the kernel (probes/h2.h): a real h2 conversation replayed over TCP, cut at
+arbitrary points across transfers and iovecs, reaches user space as chunks whose kept bytes are
+exactly every frame but DATA payloads, with exact byte counts, and no exchange records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from beyla_sidecar.bpf.events import FLAG_TRUNCATED, Event, EventType, H2Chunk, Role
+from beyla_sidecar.bpf.loader import Probes
+
+from . import h2traffic
+from .conftest import collect
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.mark.parametrize("seed", [0, 10, 20])
+def test_h2_chunks_carry_every_frame_but_data_payloads(probes: Probes, seed: int) -> None:
+    up, down = h2traffic.conversation()
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             str(Path(h2traffic.__file__)), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    probes.allow_pid_namespace(json.loads(proc.stdout.readline())["ns_inode"])
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    ports = json.loads(out)
+
+    def closed(evs: list) -> bool:
+        return sum(isinstance(e, Event) and e.type is EventType.CONN_CLOSE for e in evs) >= 2
+
+    events = collect(probes, closed)
+    opens = {e.sock_id: e for e in events if isinstance(e, Event) and e.type is EventType.CONN_OPEN}
+    assert sorted((e.role, e.tuple.local_port) for e in opens.values()) == [
+        (Role.SERVER, ports["server_port"]), (Role.CLIENT, ports["client_port"])]
+    assert not [e for e in events if not isinstance(e, (Event, H2Chunk))]  # no exchange records at all
+
+    streams: dict[tuple[Role, bool], list[H2Chunk]] = defaultdict(list)
+    for chunk in (e for e in events if isinstance(e, H2Chunk)):
+        assert opens[chunk.sock_id].role is chunk.role
+        streams[chunk.role, chunk.recv].append(chunk)
+    expected = {(Role.CLIENT, False): up, (Role.SERVER, True): up,
+                (Role.SERVER, False): down, (Role.CLIENT, True): down}
+    assert sorted(streams) == sorted(expected)
+    for key, chunks in streams.items():
+        stream = expected[key]
+        preface = stream is up
+        assert [c.seq for c in chunks] == list(range(len(chunks))), key
+        assert not any(c.flags & FLAG_TRUNCATED for c in chunks), key
+        assert sum(c.moved for c in chunks) == len(stream) - (24 if preface else 0), key
+        assert b"".join(c.data for c in chunks) == h2traffic.filtered(stream, preface), key
+    assert probes.counters()["h2_chunk_drops"] == probes.counters()["read_fails"] == 0
