@@ -35,6 +35,7 @@ from .export.spans import Clock
 from .export.traces import TraceExport
 from .network import NetworkMetrics
 from .protocols import all_protocols
+from .protocols.http2 import HTTP2
 from .tracker.connections import Tracker
 from .tracker.context import make_sampler
 from .tracker.exchange import Exchange
@@ -116,6 +117,7 @@ class Pipeline:
                         if cfg.network_metrics else None)
         self._me = psutil.Process()
         self._protocols = protocols
+        self._http2 = next((p for p in protocols if isinstance(p, HTTP2)), None)
         # OTEL_TRACES_SAMPLER: decided where a TraceContext is made (server_context/client_context).
         self.sampler = make_sampler(cfg.traces_sampler, cfg.traces_sampler_arg)
         # Without a span destination exchanges need no trace context.
@@ -212,7 +214,7 @@ class Pipeline:
         return selfmetrics.SelfStats(
             events_read=self.stats.records,
             events_lost=self.stats.kernel_counters.get("event_drops", 0) +
-            self.stats.kernel_counters.get("exchange_drops", 0),
+            self.stats.kernel_counters.get("exchange_drops", 0) + self.stats.kernel_counters.get("h2_chunk_drops", 0),
             exchanges_lost=self.stats.kernel_counters.get("exchange_drops", 0),
             pipelined_exchanges=dict(t.pipelined),
             kernel_read_failures=self.stats.kernel_counters.get("read_fails", 0),
@@ -237,7 +239,18 @@ class Pipeline:
             orphan_responses=self.stats.kernel_counters.get("orphan_responses", 0),
             context_propagation={k.removeprefix("context_"): v for k, v in self.stats.kernel_counters.items()
                                  if k.startswith("context_")},
+            http2_desyncs=self._http2_desyncs(),
+            http2_streams_dropped=self._http2.stream_drops if self._http2 is not None else 0,
         )
+
+    def _http2_desyncs(self) -> dict[str, int]:
+        """The HTTP/2 module's desyncs, and the connections seen mid-stream: their frames came as exchanges
+        (no preface for the kernel to recognise) and were counted as unrecognised "http2"."""
+        out = dict(self._http2.desyncs) if self._http2 is not None else {}
+        mid = sum(n for (guess, _), n in self.tracker.stats.unrecognised_connections.items() if guess == "http2")
+        if mid:
+            out["mid_stream"] = mid
+        return out
 
     def scrape(self) -> str:
         """The Prometheus exposition: HTTP metrics, target_info, beyla_sidecar_* self-metrics."""

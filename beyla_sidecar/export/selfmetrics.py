@@ -40,6 +40,8 @@ class SelfStats:
     unrecognised_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     orphan_responses: int = 0  # counted in the kernel
     context_propagation: dict[str, int] = field(default_factory=dict)  # by outcome (propagation.COUNTER_NAMES)
+    http2_desyncs: dict[str, int] = field(default_factory=dict)  # HTTP/2 connections whose headers lost sync, by why
+    http2_streams_dropped: int = 0  # HTTP/2 streams forgotten unfinished (bounds)
 
 
 def _counter(name: str, help_: str, value: int) -> Family:
@@ -91,6 +93,12 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
                     "`injected` headers, requests left alone (`not_http`, `has_traceparent`, `doubt`, "
                     "`failed`), client sockets it could not track (`socks_full`), TCP options written and "
                     "read (`option_written`, `option_read`).", "outcome", s.context_propagation),
+        _counter_by("http2_desyncs", "HTTP/2 connections whose header decoding lost sync (`gap`: a chunk the "
+                    "full ring refused; `truncated`: bytes the probes could not read; `framing`, `hpack`: bytes "
+                    "that do not decode; `mid_stream`: a connection opened before the probes attached): their "
+                    "later streams are not reported.", "reason", s.http2_desyncs),
+        _counter("http2_streams_dropped", "HTTP/2 streams forgotten unfinished to stay within bounds (no span, "
+                 "no metric).", s.http2_streams_dropped),
         _counter("requests_completed", "Request/response exchanges completed by the tracker.",
                  s.requests_completed),
         _counter_by("spans_exported", "Spans delivered, by exporter.", "exporter", s.spans_exported),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Protocol
+from .http2 import frames_prefix
 
 _PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRequest
 
@@ -10,14 +11,16 @@ _PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRe
 def all_protocols(db_query_text: str = "sanitized") -> tuple[Protocol, ...]:
     """Every protocol, in the order detection tries them. `db_query_text`: BEYLA_DB_QUERY_TEXT."""
     from .http1 import HTTP1
+    from .http2 import HTTP2
     from .kafka import Kafka
     from .memcached import Memcached
     from .mysql import MySQL
     from .postgresql import PostgreSQL
     from .redis import Redis
 
+    # HTTP2 matches no exchange record (last): the tracker hands it the HTTP/2 chunks by its name
     return (HTTP1(), Redis(db_query_text), PostgreSQL(db_query_text), MySQL(db_query_text),
-            Memcached(db_query_text), Kafka())
+            Memcached(db_query_text), Kafka(), HTTP2())
 
 
 def guess_protocol(request: bytes, response: bytes) -> str:
@@ -25,8 +28,8 @@ def guess_protocol(request: bytes, response: bytes) -> str:
     counter: a cheap sniff of the first exchange's prefixes, never used for parsing."""
     if request[:1] == b"\x16" and request[1:2] == b"\x03":
         return "tls"
-    if request.startswith(b"PRI * HTTP/2.0"):
-        return "http2"
+    if request.startswith(b"PRI * HTTP/2.0") or frames_prefix(request):
+        return "http2"  # frames: a connection opened before the kernel could see its preface
     if request[:1] == b"\x80" and len(request) >= 24 and request[5] == 0 and response[:1] in (b"\x81", b""):
         return "memcached-binary"  # a binary protocol request header (magic 0x80, raw data type)
     if request[:1] in (b"*", b"+") and b"\r\n" in request[:32]:
