@@ -10,6 +10,7 @@ _PG_STARTUP = (196608, 80877103, 80877104)  # protocol 3.0, SSLRequest, GSSENCRe
 
 def all_protocols(db_query_text: str = "sanitized") -> tuple[Protocol, ...]:
     """Every protocol, in the order detection tries them. `db_query_text`: BEYLA_DB_QUERY_TEXT."""
+    from .grpc import GRPC
     from .http1 import HTTP1
     from .http2 import HTTP2
     from .kafka import Kafka
@@ -18,9 +19,11 @@ def all_protocols(db_query_text: str = "sanitized") -> tuple[Protocol, ...]:
     from .postgresql import PostgreSQL
     from .redis import Redis
 
-    # HTTP2 matches no exchange record (last): the tracker hands it the HTTP/2 chunks by its name
+    # HTTP2 and GRPC match no exchange record (last): the tracker hands HTTP2 the HTTP/2 chunks,
+    # and HTTP2 hands gRPC streams to this GRPC (listed for its metric instruments)
+    grpc = GRPC()
     return (HTTP1(), Redis(db_query_text), PostgreSQL(db_query_text), MySQL(db_query_text),
-            Memcached(db_query_text), Kafka(), HTTP2())
+            Memcached(db_query_text), Kafka(), HTTP2(grpc), grpc)
 
 
 def guess_protocol(request: bytes, response: bytes) -> str:

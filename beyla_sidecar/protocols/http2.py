@@ -205,8 +205,8 @@ class HTTP2(Protocol):
     name = "http2"
     size_attributes = HTTP1.size_attributes
 
-    def __init__(self) -> None:
-        self.grpc = GRPC()
+    def __init__(self, grpc: GRPC | None = None) -> None:
+        self.grpc = grpc or GRPC()  # describes the gRPC streams
         self._http1 = HTTP1()  # describes and measures like HTTP/1
         self._conns: dict[int, _Conn] = {}
         self.desyncs: dict[str, int] = {}  # by reason: gap, truncated, framing, hpack, limit, role

@@ -13,6 +13,7 @@ from beyla_sidecar.export.prometheus import exposition
 from beyla_sidecar.protocols import all_protocols
 from beyla_sidecar.protocols.base import Message, Parsed, Protocol, SpanDescription, SpanKind
 from beyla_sidecar.protocols.http1 import HTTP1, HttpRequest, HttpResponse
+from beyla_sidecar.protocols.http2 import H2Response, HTTP2
 from beyla_sidecar.protocols.instruments import AttributeValue, DURATION_BOUNDS, Instrument, InstrumentSet
 from beyla_sidecar.tracker.context import TraceContext
 from beyla_sidecar.tracker.exchange import Exchange
@@ -196,3 +197,18 @@ def test_snapshot_is_a_copy() -> None:
     record(sm, exchange())
     assert before[0].instruments[0].points[0].buckets.count == 1
 
+
+
+def test_grpc_calls_of_the_registered_http2_are_measured() -> None:
+    protocols = all_protocols()
+    [http2] = [p for p in protocols if isinstance(p, HTTP2)]
+    assert http2.grpc in protocols  # its instruments are declared
+    m = Metrics(protocols)
+    sm = m.service("greeter", RESOURCE)
+    req = HttpRequest(True, 1_000, 2_000, 5, 40, None, "POST", "/demo.Greeter/Find", "", "2", "svc:50051")
+    resp = H2Response(False, 3_000, 1_000 + 30_000_000, 0, 20, None, 200, "2", None, 5)
+    record(sm, Exchange(http2.grpc, SpanKind.SERVER, req, resp, TraceContext(1, 2, 0, False), 10, 11, 10, CONN), None)
+    [point] = points(m, "rpc.server.call.duration")
+    assert point.attributes == {"rpc.system": "grpc", "rpc.service": "demo.Greeter", "rpc.method": "Find",
+                                "rpc.grpc.status_code": 5}
+    assert point.buckets.count == 1 and abs(point.buckets.sum - 0.03) < 1e-9
