@@ -57,6 +57,7 @@ log = structlog.get_logger(__name__)
 MAX_STREAMS = 1024  # in flight per connection (servers allow 100-250 concurrent streams)
 MAX_CONNECTIONS = 16384  # the oldest is forgotten past it (a close event lost)
 MAX_HEADER_BLOCK = 256 * 1024  # compressed; a larger block cannot be kept: the connection desyncs
+DECODED_BLOCKS = 64  # per direction: header blocks remembered with what they decode to
 MAX_HEADER_LIST = 1 << 20  # decoded, what hpack accepts (its default 64 KiB is below real use)
 MAX_TABLE_SIZE = 1 << 20  # dynamic table allowed whatever a peer advertises: memory per connection
 
@@ -121,7 +122,7 @@ class _Direction:
 
     __slots__ = ("client", "seq", "decoder", "hdr", "ftype", "fflags", "fsid", "flen", "left", "payload",
                  "fts", "ftid", "block", "block_sid", "block_flags", "block_ts", "block_tid", "block_size",
-                 "block_push")
+                 "block_push", "decoded")
 
     def __init__(self, client: bool) -> None:
         self.client = client  # carries requests
@@ -135,6 +136,10 @@ class _Direction:
         self.block: bytearray | None = None  # a header block waiting for CONTINUATION
         self.block_sid = self.block_flags = self.block_ts = self.block_tid = self.block_size = 0
         self.block_push = False
+        # header block -> the fields it gave, for blocks whose decoding left the dynamic table as it
+        # was: valid until the table changes (a client repeating the same headers sends the same
+        # indexed block every time, and decoding it in pure Python is most of a stream's cost)
+        self.decoded: dict[bytes, dict[bytes, bytes]] = {}
 
 
 class _Conn:
@@ -366,15 +371,12 @@ class HTTP2(Protocol):
 
     def _block(self, conn: _Conn, d: _Direction, c: H2Chunk, done: list[StreamDone]) -> None:
         """A complete header block: decode it (always: HPACK's table), then keep what a span needs."""
-        block, d.block = d.block, None
-        try:
-            headers = d.decoder.decode(bytes(block or b""), raw=True)
-        except Exception as e:  # hpack raises several types, and more on garbage; the table is lost
-            log.debug("hpack error", error=repr(e))
-            raise _Desync("hpack") from None
+        block, d.block = bytes(d.block or b""), None
+        fields = d.decoded.get(block)
+        if fields is None:
+            fields = self._decode(d, block)
         if d.block_push:
             return
-        fields = {k: v for k, v in headers if k in _WANTED}  # type: ignore[misc]
         sid, flags, ts = d.block_sid, d.block_flags, c.ts_ns
         s = conn.streams.get(sid)
         if d.client:
@@ -403,6 +405,26 @@ class HTTP2(Protocol):
             s.grpc_status = grpc_status
         if flags & END_STREAM:
             self._finish(conn, sid, s, ts, None, done)
+
+    @staticmethod
+    def _decode(d: _Direction, block: bytes) -> dict[bytes, bytes]:
+        """Decode a header block (its table updates included); remember what it gave while the
+        dynamic table stays as it is."""
+        table = d.decoder.header_table
+        entries = table.dynamic_entries
+        # an insertion puts a new entry first (allocated while the old first is alive: a new id)
+        before = (id(entries[0]) if entries else 0, len(entries), table._current_size)
+        try:
+            headers = d.decoder.decode(block, raw=True)
+        except Exception as e:  # hpack raises several types, and more on garbage; the table is lost
+            log.debug("hpack error", error=repr(e))
+            raise _Desync("hpack") from None
+        fields = {k: v for k, v in headers if k in _WANTED}  # type: ignore[misc]
+        if (id(entries[0]) if entries else 0, len(entries), table._current_size) != before:
+            d.decoded.clear()
+        elif len(d.decoded) < DECODED_BLOCKS:
+            d.decoded[block] = fields
+        return fields
 
     def _finish(self, conn: _Conn, sid: int, s: _Stream, ts: int, reset: int | None,
                 done: list[StreamDone]) -> None:

@@ -352,3 +352,28 @@ def test_guess_protocol_names_frames_http2() -> None:
 def test_guess_protocol_no_false_http2(request_prefix: bytes) -> None:
     assert not frames_prefix(request_prefix)
     assert guess_protocol(request_prefix, b"") != "http2"
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def test_remembered_header_blocks_follow_the_dynamic_table() -> None:
+    """The same indexed block means another header once the table changed: `0x82 0x86 0xbe` is
+    GET http <dynamic entry 62>, which is :path /a until /b is inserted (hand-made HPACK)."""
+    insert_a, insert_b = b"\x82\x86\x44\x02/a", b"\x82\x86\x44\x02/b"  # literal with incremental indexing
+    indexed = b"\x82\x86\xbe"
+    blocks = (insert_a, indexed, insert_b, indexed, indexed)
+    h = HTTP2()
+    paths = []
+    up = down = 0
+    for k, block in enumerate(blocks):
+        sid = 1 + 2 * k
+        request = frame(1, 0x5, sid, block)  # HEADERS, END_STREAM | END_HEADERS
+        response = frame(1, 0x5, sid, b"\x88")  # :status 200
+        for chunk in (H2Chunk(SOCK, 1, 1, 9, Role.SERVER, True, 0, up, 10 * k, len(request), request),
+                      H2Chunk(SOCK, 1, 1, 9, Role.SERVER, False, 0, down, 10 * k + 5, len(response), response)):
+            paths += [d.parsed.request.path for d in h.chunk(chunk)]  # type: ignore[attr-defined]
+        up, down = up + 1, down + 1
+    assert paths == ["/a", "/a", "/b", "/b", "/b"]
+    assert h.desyncs == {}
