@@ -136,8 +136,9 @@ struct exchange {
 
 /* A stretch of one direction of an HTTP/2 connection (probes/h2.h): every byte the transfers moved
  * except the payloads of DATA frames and of extension frame types (above CONTINUATION), which their
- * frame header's length accounts for, and except the client preface. One or more per transfer;
- * each direction's first chunk starts at a frame header. */
+ * frame header's length accounts for; the client preface and PRIORITY, PING and WINDOW_UPDATE
+ * frames are left out whole (not covered either). One or more per transfer with frames to report;
+ * each direction's first chunk starts at a frame header, and frame headers are never cut. */
 struct h2_chunk {
 	__u8 type;   /* EVENT_H2_CHUNK */
 	__u8 flags;  /* FLAG_TLS; FLAG_TRUNCATED: bytes could not be read, the framing is lost after data[] */

@@ -22,11 +22,11 @@ struct h2_dir {
 	__u32 skip;     /* payload bytes of a frame that is not kept (DATA) still to come */
 	__u32 copy;     /* payload bytes of a kept frame still to come */
 	__u32 seq;      /* the next chunk's sequence number */
-	__u8 preface;   /* bytes of the client preface still to come (not reported) */
-	__u8 hdr_have;  /* bytes of a frame header seen so far */
+	__u32 hidden;   /* bytes to pass over unreported: the client preface, frames of no use */
+	__u8 hdr_have;  /* bytes of the frame header being read, gathered in hdr[] */
 	__u8 lost;      /* bytes were unreadable: the framing is unknown from here on */
-	__u8 _pad;
-	__u8 hdr[24];   /* the frame header being read: 9 bytes; the rest bounds a copy at any offset */
+	__u8 _pad[2];
+	__u8 hdr[32];   /* the frame header being read: 9 bytes; the rest bounds a read at any offset */
 };
 
 struct conn_state {

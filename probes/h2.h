@@ -13,6 +13,9 @@
 #define H2_PREFACE_LEN 24
 #define H2_FRAME_HEADER 9
 #define H2_TYPE_DATA 0
+#define H2_TYPE_PRIORITY 2
+#define H2_TYPE_PING 6
+#define H2_TYPE_WINDOW_UPDATE 8
 #define H2_TYPE_CONTINUATION 9
 /* Steps (a piece of a segment each) one transfer may take; more, and the framing is given up. */
 #define H2_MAX_STEPS 8192
@@ -124,40 +127,55 @@ static __always_inline bool h2_next_segment(struct h2_scratch *s)
 	return true;
 }
 
-/* Bytes of a frame header: kept, and once all 9 are in, they say how its payload is walked. */
+/* Frame types user space has no use for (flow control, liveness, priorities): left out whole. */
+static __always_inline bool h2_unused(__u8 type)
+{
+	return type == H2_TYPE_PRIORITY || type == H2_TYPE_PING || type == H2_TYPE_WINDOW_UPDATE;
+}
+
+/* k bytes of a frame header (k <= 9 - hdr_have), gathered in hdr[]; once all 9 are in, they go
+ * into the chunk (the chunk has room for 9) and say how the payload is walked, or the frame is
+ * left out whole. A header cut by a transfer's end is reported with the transfer that ends it. */
 static __always_inline bool h2_header_bytes(struct h2_dir *d, struct h2_scratch *s, __u32 k)
 {
 	__u32 at = s->rec.len, have = d->hdr_have, length;
+	__u8 type;
 
-	if (have >= H2_FRAME_HEADER || k > H2_FRAME_HEADER - have || at >= H2_CHUNK_MAX)
+	if (!s->buf || have >= H2_FRAME_HEADER || at > H2_CHUNK_MAX - H2_FRAME_HEADER)
 		return false;
-	if (!h2_copy(s, k))
+	/* have <= 8 and k <= 9: masked so that the verifier sees the read inside hdr[] */
+	if (bpf_probe_read_user(&d->hdr[have & 15], k & 15, (void *)s->buf))
 		return false;
-	/* always 9 bytes (constant: clang reuses k's looser bound from the copy above, which the
-	 * verifier rejects here); those past the k new ones are overwritten by the header's next piece */
-	if (bpf_probe_read_kernel(&d->hdr[have & 15], H2_FRAME_HEADER,
-				  &s->rec.data[at & (H2_CHUNK_MAX - 1)]))
-		return false;
+	h2_advance(s, k);
 	d->hdr_have = have + k;
 	if (d->hdr_have < H2_FRAME_HEADER)
 		return true;
 	d->hdr_have = 0;
 	length = (__u32)d->hdr[0] << 16 | (__u32)d->hdr[1] << 8 | d->hdr[2];
-	if (d->hdr[3] == H2_TYPE_DATA || d->hdr[3] > H2_TYPE_CONTINUATION)
+	type = d->hdr[3];
+	if (h2_unused(type)) {
+		d->hidden = length;
+		return true;
+	}
+	if (bpf_probe_read_kernel(&s->rec.data[at & (H2_CHUNK_MAX - 1)], H2_FRAME_HEADER, d->hdr))
+		return false;
+	s->rec.len = at + H2_FRAME_HEADER;
+	s->rec.moved += H2_FRAME_HEADER;
+	if (type == H2_TYPE_DATA || type > H2_TYPE_CONTINUATION)
 		d->skip = length;
 	else
 		d->copy = length;
 	return true;
 }
 
-/* bpf_loop callback: one piece of the current segment (the preface, a skipped payload, a kept
- * payload, or header bytes), as much as the segment and the chunk's room allow. */
+/* bpf_loop callback: one piece of the current segment (bytes passed over, a skipped payload, a
+ * kept payload, or header bytes), as much as the segment and the chunk's room allow. */
 static long h2_step(__u32 i, void *data)
 {
 	struct h2_walk *w = data;
 	struct h2_scratch *s = w->s;
 	struct h2_dir *d = w->d;
-	__u32 n, k, room;
+	__u32 n, k;
 
 	if (!s->left)
 		return 1;
@@ -166,9 +184,9 @@ static long h2_step(__u32 i, void *data)
 		return 1;
 	}
 	n = s->seg_left < s->left ? s->seg_left : s->left;
-	if (d->preface) {
-		k = n < d->preface ? n : d->preface;
-		d->preface -= k;
+	if (d->hidden) {
+		k = n < d->hidden ? n : d->hidden;
+		d->hidden -= k;
 		h2_advance(s, k);
 		return 0;
 	}
@@ -179,15 +197,14 @@ static long h2_step(__u32 i, void *data)
 		h2_advance(s, k);
 		return 0;
 	}
-	if (s->rec.len >= H2_CHUNK_MAX) {
-		h2_flush(w);
-		return 0;
-	}
-	room = H2_CHUNK_MAX - s->rec.len;
 	if (d->copy) {
+		if (s->rec.len >= H2_CHUNK_MAX) {
+			h2_flush(w);
+			return 0;
+		}
 		k = n < d->copy ? n : d->copy;
-		if (k > room)
-			k = room;
+		if (k > H2_CHUNK_MAX - s->rec.len)
+			k = H2_CHUNK_MAX - s->rec.len;
 		if (!h2_copy(s, k)) {
 			h2_lose(w);
 			return 1;
@@ -195,11 +212,13 @@ static long h2_step(__u32 i, void *data)
 		d->copy -= k;
 		return 0;
 	}
+	if (s->rec.len > H2_CHUNK_MAX - H2_FRAME_HEADER) {
+		h2_flush(w);
+		return 0;
+	}
 	k = H2_FRAME_HEADER - d->hdr_have;
 	if (k > n)
 		k = n;
-	if (k > room)
-		k = room;
 	if (!h2_header_bytes(d, s, k)) {
 		h2_lose(w);
 		return 1;
@@ -247,7 +266,7 @@ static __always_inline void h2_transfer(struct conn_state *st, __u64 key, bool r
 static __always_inline void h2_begin(struct conn_state *st, bool recv)
 {
 	st->h2 = 1;
-	st->h2dir[recv ? 1 : 0].preface = H2_PREFACE_LEN;
+	st->h2dir[recv ? 1 : 0].hidden = H2_PREFACE_LEN;
 }
 
 #endif /* __BEYLA_H2_H */

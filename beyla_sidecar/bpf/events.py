@@ -150,8 +150,10 @@ class ExchangeRecord(NamedTuple):
 class H2Chunk(NamedTuple):
     """A stretch of one direction of an HTTP/2 connection (probes/h2.h): the bytes a run of transfers
     moved, frame headers and payloads kept, except the payloads of DATA frames and of frame types
-    above CONTINUATION (9), which only their header's length accounts for. The client's preface is
-    left out: each direction's first chunk (seq 0) starts at a frame header."""
+    above CONTINUATION (9), which only their header's length accounts for. Left out altogether: the
+    client's preface, and PRIORITY, PING and WINDOW_UPDATE frames, whole (neither kept nor covered).
+    Each direction's first chunk (seq 0) starts at a frame header; a frame header the transfers cut
+    comes whole in the chunk of the transfer that completes it."""
 
     sock_id: int
     pid: int

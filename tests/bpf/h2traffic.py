@@ -73,17 +73,23 @@ def conversation() -> tuple[bytes, bytes]:
     return bytes(up), bytes(down)
 
 
-def filtered(stream: bytes, preface: bool) -> bytes:
-    """What the probes keep of a direction: frame headers, and payloads but DATA's and unknown types'."""
-    pos, out = (24 if preface else 0), bytearray()
+UNUSED = (2, 6, 8)  # PRIORITY, PING, WINDOW_UPDATE: left out whole
+
+
+def reported(stream: bytes, preface: bool) -> tuple[int, bytes]:
+    """What the probes report of a direction: the bytes covered (all but the preface and unused
+    frames), and those kept of them (frame headers, and payloads but DATA's and unknown types')."""
+    pos, covered, out = (24 if preface else 0), 0, bytearray()
     while pos < len(stream):
         length = int.from_bytes(stream[pos:pos + 3], "big")
         kind = stream[pos + 3]
-        out += stream[pos:pos + 9]
-        if kind != 0 and kind <= 9:
-            out += stream[pos + 9:pos + 9 + length]
+        if kind not in UNUSED:
+            covered += 9 + length
+            out += stream[pos:pos + 9]
+            if kind != 0 and kind <= 9:
+                out += stream[pos + 9:pos + 9 + length]
         pos += 9 + length
-    return bytes(out)
+    return covered, bytes(out)
 
 
 def cuts(total: int, rng: random.Random) -> list[int]:
