@@ -177,7 +177,7 @@ GUESS_MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE's default: what request direc
 def frames_prefix(prefix: bytes) -> bool:
     """Is `prefix` (a request prefix of an exchange record) a run of well-formed HTTP/2 frames, as a
     connection opened before the kernel could see its preface sends? At least two frame headers,
-    or one frame filling the prefix exactly; known types with only defined flags, stream ids and
+    or one frame and at most the first bytes of a next header; known types with only defined flags, stream ids and
     lengths as the frame type requires. Only for naming unrecognised traffic."""
     at = count = 0
     while at + 9 <= len(prefix):
@@ -188,7 +188,12 @@ def frames_prefix(prefix: bytes) -> bool:
             return False
         at += 9 + length
         count += 1
-    return count >= 2 or (count == 1 and at == len(prefix))
+    if count != 1 or at > len(prefix):
+        return count >= 2
+    # one frame, then nothing or the start of the next header (a send of several iovecs, of which
+    # the prefix holds the first): what there is of it must fit
+    tail = prefix[at:]
+    return (len(tail) < 3 or int.from_bytes(tail[:3], "big") <= GUESS_MAX_FRAME) and (len(tail) < 4 or tail[3] <= CONTINUATION)
 
 
 def _grpc_content(ctype: bytes | None) -> bool:

@@ -336,6 +336,12 @@ def test_guess_protocol_names_frames_http2() -> None:
     assert guess_protocol(prefix[:256], b"") == "http2"
     assert frames_prefix(b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x10\x00")  # one WINDOW_UPDATE, exactly
     assert not frames_prefix(b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00")  # cut: not exactly one frame
+    # one frame then the first bytes of the next header (a prefix that holds a sendmsg's first iovec)
+    headers = frame(1, 0x4, 3, b"\x83\x86\xbe\xbf\xc0")
+    assert frames_prefix(headers + b"\x00\x00\x04\x08\x00")
+    assert frames_prefix(headers + b"\x00\x00")
+    assert not frames_prefix(headers + b"\x00\x00\x04\x0a\x00")  # an extension frame type: not guessed
+    assert not frames_prefix(headers + b"\x01\x00\x00\x08")  # longer than SETTINGS_MAX_FRAME_SIZE's default
 
 
 @pytest.mark.parametrize("request_prefix", [
