@@ -1,4 +1,6 @@
-"""A real nginx (Debian package) inside the pod, plain HTTP or TLS, with its files in the test's tmp."""
+"""A real nginx (Debian package) inside the pod, plain HTTP or TLS, HTTP/1.1 or HTTP/2 (nginx 1.22:
+`listen ... http2`, cleartext h2c with prior knowledge or TLS with ALPN h2), with its files in the
+test's tmp."""
 
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ http {{
 
 
 def start_nginx(pod: Pod, port: int, files: dict[str, bytes] | None = None,
-                tls: tuple[Path, Path] | None = None, locations: str = "") -> None:
+                tls: tuple[Path, Path] | None = None, locations: str = "", http2: bool = False) -> None:
     """nginx serving `files` (name -> content, in subfolders too) on 127.0.0.1:port; `tls` =
-    (certificate, key); `locations`: more directives of the server block."""
+    (certificate, key); `locations`: more directives of the server block; `http2`: HTTP/2 on
+    that port (without TLS h2c with prior knowledge only; with TLS whatever ALPN chooses)."""
     tmp = pod.tmp / "nginx"
     (tmp / "www").mkdir(parents=True)
     for name, content in (files or {}).items():
@@ -43,6 +46,7 @@ def start_nginx(pod: Pod, port: int, files: dict[str, bytes] | None = None,
         (tmp / "www" / name).write_bytes(content)
     ssl = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(CONF.format(tmp=tmp, port=port, ssl=" ssl" if tls else "", tls=ssl, locations=locations))
+    listen = " ssl" * bool(tls) + " http2" * http2
+    conf.write_text(CONF.format(tmp=tmp, port=port, ssl=listen, tls=ssl, locations=locations))
     pod.spawn(["nginx", "-c", str(conf)], inside=True)
     wait_port(port)  # for TLS a plain connect: a failed handshake, no request
