@@ -39,6 +39,7 @@ pytestmark = pytest.mark.bpf
 
 GRPC = [sys.executable, str(APPS / "grpc_apps.py")]
 SERVICE = "demo.Greeter"
+TRACE_ID = 0x5A1E5A1E5A1E5A1E5A1E5A1E5A1E5A1E  # apps/grpc_apps.py: the trace of the SayHello calls' traceparent
 N = 5  # calls of each gRPC method
 MESSAGES = 3  # per StreamHellos call, GAP apart
 GAP, SLOW = 0.02, 0.3  # apps/grpc_apps.py
@@ -138,6 +139,11 @@ def test_grpc_unary_streaming_and_not_found(pod: Pod, start_sidecar) -> None:
         a = s["attributes"]
         assert a.get("error.type") == ("NOT_FOUND" if a["rpc.method"] == "Find" else None), s
         assert (a["server.address"], a["network.peer.port"]) == ("127.0.0.1", port)
+    # the traceparent in each SayHello's metadata makes its server span a child of that context
+    hellos = [s for s in servers if s["attributes"]["rpc.method"] == "SayHello"]
+    assert sorted((s["trace_id"], s["parent_span_id"]) for s in hellos) == [
+        (f"{TRACE_ID:032x}", f"{i + 1:016x}") for i in range(N)]
+    assert all(s["parent_span_id"] == "" for s in servers if s not in hellos)  # roots
     # a streaming call lasts until its last message: MESSAGES - 1 gaps at least, at both ends
     assert min(durations(spans, "StreamHellos")) >= (MESSAGES - 1) * GAP
     assert max(durations(spans, "SayHello") + durations(spans, "Find")) < 1.0

@@ -10,7 +10,8 @@ messages (no protobuf), service `demo.Greeter`:
   trailers-only response (one HEADERS frame with END_STREAM holding grpc-status).
 
     grpc_apps.py serve PORT                  prints `listening` once it accepts calls
-    grpc_apps.py calls PORT N MESSAGES       N SayHello, N StreamHellos of MESSAGES, N Find
+    grpc_apps.py calls PORT N MESSAGES       N SayHello (each with a traceparent in its metadata: one
+                                             trace, span ids 1..N), N StreamHellos of MESSAGES, N Find
     grpc_apps.py concurrent PORT N           N SayHello at once on one channel (N streams, one connection)
     grpc_apps.py hold PORT N                 N SayHello, prints its port, waits for a line on stdin,
                                              N more SayHello on the same connection, prints `done`
@@ -32,6 +33,7 @@ SERVICE = "demo.Greeter"
 SLOW = 0.3  # seconds a `slow...` SayHello takes
 GAP = 0.02  # seconds between two messages of StreamHellos
 TIMEOUT = 10.0
+TRACE_ID = 0x5A1E5A1E5A1E5A1E5A1E5A1E5A1E5A1E  # of the contexts `calls` sends
 
 
 def _identity(data: bytes) -> bytes:
@@ -70,6 +72,11 @@ def serve(port: int) -> None:
     server.wait_for_termination()
 
 
+def traceparent(i: int) -> str:
+    """The context `calls` sends with its i-th SayHello: one trace, span id i + 1."""
+    return f"00-{TRACE_ID:032x}-{i + 1:016x}-01"
+
+
 class Client:
     """One channel, i.e. one HTTP/2 connection, to the Greeter on 127.0.0.1:port."""
 
@@ -80,9 +87,11 @@ class Client:
         self.stream_hellos = self.channel.unary_stream(f"/{SERVICE}/StreamHellos", _identity, _identity)
         self.find = self.channel.unary_unary(f"/{SERVICE}/Find", _identity, _identity)
 
-    def hello(self, name: str) -> int:
-        """One SayHello; returns the client's local port that the server reported."""
-        reply = self.say_hello(name.encode(), timeout=TIMEOUT)
+    def hello(self, name: str, traceparent: str | None = None) -> int:
+        """One SayHello (with a traceparent in its metadata, if given); returns the client's local
+        port that the server reported."""
+        metadata = (("traceparent", traceparent),) if traceparent else None
+        reply = self.say_hello(name.encode(), timeout=TIMEOUT, metadata=metadata)
         assert reply.startswith(b"hello " + name.encode() + b" from ipv4:127.0.0.1:"), reply
         return int(reply.rsplit(b":", 1)[1])
 
@@ -101,10 +110,10 @@ class Client:
 
 def calls(port: int, n: int, messages: int) -> None:
     client = Client(port)
-    local = client.hello("alice")
+    local = client.hello("alice", traceparent(0))
     print(local, flush=True)
     for i in range(1, n):
-        assert client.hello(f"alice{i}") == local  # one connection throughout
+        assert client.hello(f"alice{i}", traceparent(i)) == local  # one connection throughout
     for _ in range(n):
         client.stream(messages)
     for i in range(n):
