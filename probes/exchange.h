@@ -19,6 +19,10 @@
 #define HIGH_BITS 0x8080808080808080ULL
 #define LOWER_CASE 0x2020202020202020ULL
 #define TRACEPAR 0x7261706563617274ULL /* "tracepar", little-endian */
+#define HTTP11 0x312e312f50545448ULL /* "HTTP/1.1" */
+#define BLANK_LINE 0x0a0d0a0dU /* "\r\n\r\n" */
+#define H2C_CR 0x0d633268U /* "h2c\r" */
+#define H2C_LOWER 0x00200020U /* makes its letters lower case */
 
 /* Scratch of the head scan, per CPU: the block (no variable offsets into the stack; the
  * 16 bytes of slack let a line-start check read past the last block position) and the
@@ -378,6 +382,64 @@ static __always_inline void emit_exchange(struct conn_state *st, __u8 end, __u64
 	st->phase = PHASE_IDLE;
 }
 
+/* A "HTTP/1.1 101" response prefix (3 byte loads for every response transfer: the guard of the
+ * h2c check below). */
+static __always_inline bool switching_protocols(const struct exchange *rec)
+{
+	__u32 off = bound_index(rec->resp_off, REQ_CAPTURE_MAX);
+
+	return rec->data[off + 9] == '1' && rec->data[off + 10] == '0' && rec->data[off + 11] == '1' &&
+	       *(__u64 *)&rec->data[off] == HTTP11;
+}
+
+/* The end of a 101 head in the response prefix, and whether it says "h2c". */
+struct head_find {
+	struct exchange *rec;
+	__u32 from;   /* the response prefix in data[] */
+	__u32 len;
+	__u32 end;    /* bytes of the head (0: not in the prefix) */
+	bool h2c;
+};
+
+static long find_head_end(__u32 i, void *data)
+{
+	struct head_find *h = data;
+	__u32 at, word;
+
+	if (i + 4 > h->len)
+		return 1;
+	at = bound_index(h->from + i, sizeof(h->rec->data) - 4);
+	word = *(__u32 *)&h->rec->data[at];
+	if (word == BLANK_LINE) {
+		h->end = i + 4;
+		return 1;
+	}
+	if ((word | H2C_LOWER) == H2C_CR) /* either case */
+		h->h2c = true;
+	return 0;
+}
+
+/* A 101 answer to an `Upgrade: h2c` request (RFC 7540 3.2): HTTP/2 follows its head on both sides,
+ * the server's frames right after it, the client's preface next. The 101 exchange goes out now with
+ * its head alone, and the rest of this transfer is walked as frames. The head must be in the
+ * response prefix (a 101 head is ~70 bytes). */
+static __always_inline void h2c_upgrade(struct conn_state *st, __u64 key, bool recv, __u32 moved,
+					const struct xfer *x, __u64 now)
+{
+	struct exchange *rec = &st->rec;
+	struct head_find h = { .rec = rec, .from = rec->resp_off, .len = rec->resp_len };
+	__u64 before = rec->resp_bytes - moved; /* response bytes of earlier transfers */
+
+	bpf_loop(RESP_CAPTURE_MAX, find_head_end, &h, 0);
+	if (!h.h2c || !h.end || h.end > rec->resp_bytes || h.end < before)
+		return; /* another upgrade (websocket), or the head goes on */
+	rec->resp_bytes = h.end;
+	emit_exchange(st, END_NEXT_REQUEST, now);
+	h2_begin(st, !recv);
+	st->h2dir[recv ? 1 : 0].hidden = h.end - before;
+	h2_transfer(st, key, recv, moved, x);
+}
+
 static __always_inline void start_request(struct conn_state *st, __u64 key, const struct xfer *x,
 					  __u32 moved, __u64 now)
 {
@@ -496,6 +558,8 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
 	if (st->filling && rec->resp_bytes > moved)
 		append_prefix(st, x, moved, true);
+	if (rec->resp_len >= 16 && rec->resp_bytes <= RESP_CAPTURE_MAX && switching_protocols(rec))
+		h2c_upgrade(st, key, recv, moved, x, now);
 }
 
 #endif /* __BEYLA_EXCHANGE_H */

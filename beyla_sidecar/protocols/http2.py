@@ -12,12 +12,15 @@ advertised, and every stream becomes one exchange:
   the chunk holding its HEADERS frame's first byte;
 - response: the server's final HEADERS (1xx are skipped), DATA and trailers; it ends, and the stream
   is reported, in the chunk holding the last byte of its END_STREAM frame; a RST_STREAM from either
-  side ends the stream as an error (`H2Response.reset`, the RFC 9113 error code).
+  side ends the stream as an error (`H2Response.reset`, the RFC 9113 error code), unless the body
+  its content-length announced was in (clients reset streams they are done with);
+- a connection that closes ends its streams in flight (`ended`): with what came of their response,
+  or unanswered.
 
 Sizes: `size` sums the DATA frames' lengths (padding included: the pad length byte is in the elided
 payload); `header_size` the HEADERS/CONTINUATION frames, frame headers included (compressed bytes).
-Only :method, :path (path and query), :authority, :scheme, :status, content-type, grpc-status and a
-valid W3C traceparent are kept; every other header (Authorization, Cookie...) is decoded, since
+Only :method, :path (path and query), :authority, :scheme, :status, content-type, content-length,
+grpc-status and a valid W3C traceparent are kept; every other header (Authorization, Cookie...) is decoded, since
 HPACK's table needs it, and dropped at once. Streams whose request content-type is
 application/grpc (`+proto`, `;...`) are described by protocols/grpc.py (`HTTP2.grpc`); gRPC-Web
 stays plain HTTP/2.
@@ -31,10 +34,11 @@ forgotten (bounds, desyncs, connections closed with streams in flight) are count
 A SETTINGS_HEADER_TABLE_SIZE larger than 4096 must be seen before the peer's first header block that
 uses it (it is: the peer answers the SETTINGS frame), else the block counts as an hpack desync.
 
-Not supported: h2c via `Upgrade` (HTTP1 reports `Parsed.upgrade="http2"`, the kernel does not switch
-the connection), server push (promised streams are decoded for HPACK and otherwise ignored), and
-connections opened before the sidecar started (no preface seen: they come as exchange records,
-`guess_protocol` counts them as unrecognised "http2"). Exchange records never match (`detect`).
+h2c via `Upgrade`: the request, an HTTP/1.1 one answered 101, is stream 1 (`upgraded`); the kernel
+walks HTTP/2 from the end of the 101 head on. Not supported: server push (promised streams are
+decoded for HPACK and otherwise ignored), and connections opened before the sidecar started (no
+preface seen: they come as exchange records, `guess_protocol` counts them as unrecognised
+"http2"). Exchange records never match (`detect`).
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ _KEPT = frozenset((HEADERS, CONTINUATION, PUSH_PROMISE, SETTINGS, RST_STREAM))  
 _STREAM_FRAMES = frozenset((DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE, CONTINUATION))
 _FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
 _WANTED = frozenset((b":method", b":path", b":authority", b":scheme", b":status", b"content-type",
-                     b"grpc-status", b"traceparent"))
+                     b"content-length", b"grpc-status", b"traceparent"))
 ERROR_CODES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
                "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR",
                "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")
@@ -101,7 +105,7 @@ class _Stream:
     """One stream in flight: what its frames said so far (header values raw)."""
 
     __slots__ = ("tid", "req_start", "req_end", "req_size", "req_hsize", "fields", "resp_start", "resp_end",
-                 "resp_size", "resp_hsize", "status", "grpc_status")
+                 "resp_size", "resp_hsize", "status", "grpc_status", "resp_length")
 
     def __init__(self, tid: int, start: int, fields: dict[bytes, bytes], hsize: int) -> None:
         self.tid = tid
@@ -115,6 +119,7 @@ class _Stream:
         self.resp_hsize = 0
         self.status = 0
         self.grpc_status: int | None = None
+        self.resp_length: int | None = None  # the response's content-length
 
 
 class _Direction:
@@ -234,6 +239,40 @@ class HTTP2(Protocol):
         if conn is not None:
             self.stream_drops += len(conn.streams)
 
+    def ended(self, sock_id: int, ts_ns: int) -> list[StreamDone]:
+        """Connection `sock_id` closed at `ts_ns`: its streams in flight end with it, as HTTP/1
+        exchanges do. An answered one with what came of its response (a client may close once the
+        body its content-length announced is in, before the server's END_STREAM); an unanswered one
+        without a response, lasting until the close."""
+        conn = self._conns.pop(sock_id, None)
+        done: list[StreamDone] = []
+        if conn is None:
+            return done
+        for sid, s in list(conn.streams.items()):
+            if s.resp_start:
+                self._finish(conn, sid, s, s.resp_end or s.resp_start, None, done)
+            else:
+                s.req_end = max(s.req_end, ts_ns)
+                self._finish(conn, sid, s, ts_ns, None, done)
+        return done
+
+    def upgraded(self, sock_id: int, request: Message, tid: int) -> None:
+        """An HTTP/1.1 request with `Upgrade: h2c` was answered 101 (RFC 7540 3.2): it is stream 1 of
+        the connection, whose response comes in HTTP/2 (kernel chunks from the 101 on)."""
+        self.closed(sock_id)
+        conn = self._conns[sock_id] = _Conn()
+        if not isinstance(request, HttpRequest):
+            return
+        path = request.path + ("?" + request.query if request.query else "")
+        fields = {b":method": request.method.encode(), b":path": path.encode(), b":scheme": b"http"}
+        if request.host:
+            fields[b":authority"] = request.host.encode()
+        if request.traceparent:
+            fields[b"traceparent"] = request.traceparent.encode()
+        s = conn.streams[1] = _Stream(tid, request.start_ns, fields, request.header_size)
+        s.req_end, s.req_size = request.end_ns, request.size or 0
+        conn.max_sid = 1
+
     def chunk(self, c: H2Chunk) -> list[StreamDone]:
         """Feed one chunk; the streams it ended, in the order they ended."""
         conn = self._conns.get(c.sock_id)
@@ -340,6 +379,7 @@ class HTTP2(Protocol):
                 s.req_end = c.ts_ns
             elif s.resp_start:
                 s.resp_size += d.flen
+                s.resp_end = c.ts_ns
                 if flags & END_STREAM:
                     self._finish(conn, sid, s, c.ts_ns, None, done)
         elif ftype in (HEADERS, PUSH_PROMISE):
@@ -404,7 +444,9 @@ class HTTP2(Protocol):
             if status < 200 and not flags & END_STREAM:
                 return  # informational (100, 103): the final response follows
             s.resp_start, s.status = d.block_ts, status
+            s.resp_length = _int(fields.get(b"content-length"))
         s.resp_hsize += d.block_size
+        s.resp_end = ts
         grpc_status = _int(fields.get(b"grpc-status"))
         if grpc_status is not None:
             s.grpc_status = grpc_status
@@ -435,6 +477,8 @@ class HTTP2(Protocol):
                 done: list[StreamDone]) -> None:
         """The stream ended (its response's END_STREAM, or a reset): report it."""
         del conn.streams[sid]
+        if reset is not None and s.resp_length is not None and s.resp_size >= s.resp_length:
+            reset = None  # the body its content-length announced was in: the reset only closed the stream
         f = s.fields
         method = _text(f.get(b":method"))
         path, _, query = _text(f.get(b":path")).partition("?")
@@ -447,8 +491,10 @@ class HTTP2(Protocol):
         if s.resp_start:
             response = H2Response(False, s.resp_start, ts, s.resp_size, s.resp_hsize, None, s.status, "2",
                                   (s.status, "2", s.grpc_status, reset), s.grpc_status, reset)
-        else:  # reset before any response HEADERS: no body size
+        elif reset is not None:  # reset before any response HEADERS: no body size
             response = H2Response(False, ts, ts, None, 0, None, 0, "2", (0, "2", None, reset), None, reset)
+        else:  # the connection closed before an answer
+            response = None
         proto: Protocol = self.grpc if _grpc_content(f.get(b"content-type")) else self
         done.append(StreamDone(proto, Parsed(request, response), s.tid, sid))
 
@@ -458,12 +504,18 @@ class HTTP2(Protocol):
     def describe(self, request: Message, response: Message | None, kind: SpanKind,
                  with_query: bool, *, route: str | None = None, tls: bool = False) -> SpanDescription:
         """As HTTP/1 (network.protocol.version "2"); a reset stream's error.type is its RST_STREAM
-        error code name (`CANCEL`, `REFUSED_STREAM`...), without a status code when none came."""
+        error code name (`CANCEL`, `REFUSED_STREAM`...), without a status code when none came; a
+        NO_ERROR reset after the response began is no error."""
         desc = self._http1.describe(request, response, kind, with_query, route=route, tls=tls)
         reset = getattr(response, "reset", None)
-        if reset is not None:
-            if not getattr(response, "status_code", 0):
-                desc.attributes.pop("http.response.status_code", None)
+        if reset is None:
+            return desc
+        answered = getattr(response, "status_code", 0)
+        if not answered:
+            desc.attributes.pop("http.response.status_code", None)
+        # NO_ERROR after a response began: the peer only stopped the stream (a client whose body is
+        # in, a server that needs no more of the request): the status code tells
+        if not answered or reset:
             desc.error_type = ERROR_CODES[reset] if reset < len(ERROR_CODES) else "_OTHER"
         return desc
 

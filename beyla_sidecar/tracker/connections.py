@@ -34,7 +34,7 @@ from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_conte
 from .exchange import Exchange
 
 if TYPE_CHECKING:
-    from ..protocols.http2 import HTTP2
+    from ..protocols.http2 import HTTP2, StreamDone
 
 # Exchanges of a connection no protocol recognises before it is given up as unrecognised.
 DETECT_ATTEMPTS = 3
@@ -115,7 +115,7 @@ class Tracker:
         if ev.type is EventType.CONN_OPEN:
             self._open(ev.sock_id, ev.role, ev.tuple, ev.pid, ev.ns_pid, ev.tls).ignored = excluded
         else:
-            self._close(ev.sock_id)
+            self._close(ev.sock_id, ev.ts_ns)
 
     def exchange(self, rec: ExchangeRecord) -> None:
         """One exchange record from the kernel."""
@@ -137,7 +137,10 @@ class Tracker:
         if c.ignored or self._http2 is None:
             return
         c.protocol = self._http2
-        for done in self._http2.chunk(chunk):
+        self._streams(c, self._http2.chunk(chunk))
+
+    def _streams(self, c: Connection, streams: list[StreamDone]) -> None:
+        for done in streams:
             ctx = None
             if self._traces:
                 request = done.parsed.request
@@ -198,11 +201,13 @@ class Tracker:
             self.stats.connections_evicted += 1
         return c
 
-    def _close(self, sock_id: int) -> None:
+    def _close(self, sock_id: int, ts_ns: int = 0) -> None:
         self._swept.pop(sock_id, None)
         c = self._conns.pop(sock_id, None)
         if c is not None:
             self._count_unrecognised(c)
+            if ts_ns and c.protocol is not None and c.protocol is self._http2 and not c.ignored:
+                self._streams(c, self._http2.ended(sock_id, ts_ns))  # streams in flight end with it
             self._drop(sock_id, c)
 
     def _drop(self, sock_id: int, c: Connection) -> None:
@@ -238,6 +243,11 @@ class Tracker:
             return
         if parsed.housekeeping:
             self.stats.housekeeping += 1
+            return
+        if parsed.upgrade == "http2" and self._http2 is not None:
+            # h2c: the kernel walks HTTP/2 from the 101 on, and the request is the stream 1 it answers
+            self._http2.upgraded(rec.sock_id, parsed.request, rec.tid)
+            c.protocol = self._http2
             return
         if parsed.upgrade is not None:  # nothing of its own to report: the answer is in that protocol
             c.protocol, c.guess, c.attempts = None, parsed.upgrade, c.attempts or 1

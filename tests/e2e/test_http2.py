@@ -240,7 +240,7 @@ def check_nginx_h2(sidecar: Sidecar, prom: int, port: int, scheme: str,
     assert [s["attributes"].get("http.request.body.size") for s in posts] == [POSTED, POSTED]
     for s in spans:  # 4xx: an error for the client only
         failed = s["kind"] == "CLIENT" and s["attributes"]["http.response.status_code"] >= 400
-        assert s["status"] == ("ERROR" if failed else "UNSET"), s
+        assert s["status"] == ("ERROR" if failed else "UNSET"), s["attributes"].get("error.type")
     text = scrape(prom)
     assert sample(text, "beyla_sidecar_parse_failures_total") == 0
     assert sample(text, "beyla_sidecar_unrecognised_connections_total") == 0
@@ -304,3 +304,34 @@ def test_connection_opened_before_the_sidecar(pod: Pod, start_sidecar) -> None:
     assert sample(text, "beyla_sidecar_http2_desyncs_total", reason="mid_stream") == 2, mine
     assert sample(text, "beyla_sidecar_http2_desyncs_total") == 2, mine
     assert sample(text, "beyla_sidecar_parse_failures_total") == 0, mine
+
+
+def test_h2c_upgrade_hypercorn_and_curl(pod: Pod, start_sidecar) -> None:
+    """curl --http2 on http:// asks `Upgrade: h2c`; hypercorn answers 101 and the first request's
+    response, then the next requests, in HTTP/2 on the same connection."""
+    port = free_port()
+    proc = pod.spawn([sys.executable, str(APPS / "h2c_server.py"), str(port)], stdout=subprocess.PIPE,
+                     env={"OTEL_SERVICE_NAME": "hypercorn", "PATH": "/usr/bin:/bin"})
+    assert proc.stdout is not None and proc.stdout.readline() == b"listening\n"
+    sidecar, prom = start_with_prometheus(start_sidecar)
+    paths = ("/bytes/1500", "/bytes/70000", "/missing", "/bytes/3")
+    got = curl_h2(pod, f"http://127.0.0.1:{port}", paths, "--http2")
+    assert [(status, size, version) for status, size, _, version in got] == [
+        (200, 1500, "2"), (200, 70000, "2"), (404, 10, "2"), (200, 3, "2")]
+    assert len({local for _, _, local, _ in got}) == 1  # one connection, upgraded once
+    spans = sidecar.wait_spans(2 * len(paths))
+    assert len(spans) == 2 * len(paths)
+    expected = collections.Counter(("GET", path, status, size, "2", "http")
+                                   for path, (status, size, _, _) in zip(paths, got))
+    assert http_summary(spans, "SERVER", port) == http_summary(spans, "CLIENT", port) == expected
+    # curl resets each stream (NO_ERROR) once its body is in, and closes before the last END_STREAM
+    for s in spans:
+        failed = s["kind"] == "CLIENT" and s["attributes"]["http.response.status_code"] >= 400
+        assert s["status"] == ("ERROR" if failed else "UNSET"), s["attributes"].get("error.type")
+    text = scrape(prom)
+    assert sample(text, "beyla_sidecar_parse_failures_total") == 0
+    assert sample(text, "beyla_sidecar_unrecognised_connections_total") == 0
+    assert sample(text, "beyla_sidecar_http2_desyncs_total") == 0
+    assert sample(text, "beyla_sidecar_http2_streams_dropped_total") == 0
+    assert sample(text, "http_server_request_duration_seconds_count") == len(paths)
+    assert sample(text, "http_client_request_duration_seconds_count") == len(paths)

@@ -164,6 +164,45 @@ def test_rst_stream_ends_a_stream_as_an_error() -> None:
     assert descs[5].error_type == "INTERNAL_ERROR" and descs[5].attributes["http.response.status_code"] == 200
 
 
+def test_no_error_reset_after_the_response_began_is_no_error() -> None:
+    """curl resets a stream with NO_ERROR once the body its content-length announced is in, before the
+    server's END_STREAM: the status code tells (a 200 is fine, a 404 a client error), not the reset."""
+    w = Wire()
+    w.request(1, "GET", "/ok")
+    w.request(3, "GET", "/missing")
+    w.flush(10)
+    for sid, status in ((1, "200"), (3, "404")):
+        w.server.send_headers(sid, [(":status", status), ("content-length", "3")])
+        w.server.send_data(sid, b"abc")
+    w.flush(20)
+    w.client.reset_stream(1, 0)
+    w.client.reset_stream(3, 0)
+    w.flush(30)
+    h, out = run(w, Role.CLIENT)
+    descs = [h.describe(d.parsed.request, d.parsed.response, SpanKind.CLIENT, False) for d in out]
+    assert [(d.attributes["http.response.status_code"], d.error_type) for d in descs] == [(200, None), (404, "404")]
+
+
+def test_reset_once_the_announced_body_is_in_is_a_complete_response() -> None:
+    """Whatever its code: a stream reset after its content-length's bytes came ended normally; one
+    reset short of them is an error."""
+    w = Wire()
+    w.request(1, "GET", "/whole")
+    w.request(3, "GET", "/short")
+    w.flush(10)
+    for sid, sent in ((1, b"abcde"), (3, b"ab")):
+        w.server.send_headers(sid, [(":status", "200"), ("content-length", "5")])
+        w.server.send_data(sid, sent)
+    w.flush(20)
+    w.server.reset_stream(1, 5)  # STREAM_CLOSED
+    w.server.reset_stream(3, 5)
+    w.flush(30)
+    h, out = run(w, Role.CLIENT)
+    assert [(d.parsed.response.reset, d.parsed.response.size) for d in out] == [(None, 5), (5, 2)]  # type: ignore[union-attr]
+    descs = [h.describe(d.parsed.request, d.parsed.response, SpanKind.CLIENT, False) for d in out]
+    assert [d.error_type for d in descs] == [None, "STREAM_CLOSED"]
+
+
 def test_describe_and_metrics_as_http1() -> None:
     h, out = run(simple_wire())
     post, get = out
