@@ -17,6 +17,9 @@
 #define H2_TYPE_PING 6
 #define H2_TYPE_WINDOW_UPDATE 8
 #define H2_TYPE_CONTINUATION 9
+/* The largest frame payload copied (protocols/http2.py MAX_HEADER_BLOCK): a larger one gives the
+ * framing up, instead of filling the ring with what user space would drop. */
+#define H2_KEPT_MAX (256 * 1024)
 /* Steps (a piece of a segment each) one transfer may take; more, and the framing is given up. */
 #define H2_MAX_STEPS 8192
 #define H2_PREFACE_A 0x5448202a20495250ULL /* "PRI * HT", little-endian */
@@ -78,8 +81,8 @@ static __always_inline void h2_flush(struct h2_walk *w)
 	rec->moved = 0;
 }
 
-/* The walk cannot go on (unreadable bytes, too many steps): what is known goes out marked, and the
- * direction sends nothing more. */
+/* The walk cannot go on (unreadable bytes, too many steps, a kept frame too large): what is known
+ * goes out marked, and the direction sends nothing more. */
 static __always_inline void h2_lose(struct h2_walk *w)
 {
 	w->d->lost = 1;
@@ -157,6 +160,9 @@ static __always_inline bool h2_header_bytes(struct h2_dir *d, struct h2_scratch 
 		d->hidden = length;
 		return true;
 	}
+	/* a kept frame larger than user space decodes: not HTTP/2 after all, or nothing to follow */
+	if (type != H2_TYPE_DATA && type <= H2_TYPE_CONTINUATION && length > H2_KEPT_MAX)
+		return false;
 	if (bpf_probe_read_kernel(&s->rec.data[at & (H2_CHUNK_MAX - 1)], H2_FRAME_HEADER, d->hdr))
 		return false;
 	s->rec.len = at + H2_FRAME_HEADER;

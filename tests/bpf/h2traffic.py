@@ -1,5 +1,6 @@
 """HTTP/2 byte streams replayed over TCP for the probe tests, run as a subprocess in a new PID
-namespace; argv[1]: the seed of the cuts. Protocol on stdio: prints {"ns_inode": N}, waits for a line on stdin, replays, prints
+namespace; argv[1]: the seed of the cuts, or `oversized` (the client sends a 1 MiB HEADERS frame
+after its preface, and nothing comes back). Protocol on stdio: prints {"ns_inode": N}, waits for a line on stdin, replays, prints
 the ports as JSON and exits.
 
 The streams are a real conversation between the `h2` package's client and server (requests with
@@ -150,11 +151,15 @@ def recv_all(sock: socket.socket, total: int, rng: random.Random, preface: bool 
     return bytes(got)
 
 
+OVERSIZED = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0" +  # preface, empty SETTINGS
+             (1 << 20).to_bytes(3, "big") + b"\x01\x04\0\0\0\x01" + b"h" * 4000)  # a 1 MiB HEADERS frame
+
+
 def main() -> None:
     import threading
 
-    seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    up, down = conversation()
+    seed = int(sys.argv[1]) if sys.argv[1:] and sys.argv[1].isdigit() else 0
+    up, down = (OVERSIZED, b"") if sys.argv[1:] == ["oversized"] else conversation()
     print(json.dumps({"ns_inode": os.stat("/proc/self/ns/pid").st_ino}), flush=True)
     sys.stdin.readline()
     listener = socket.create_server(("127.0.0.1", 0))
@@ -165,10 +170,13 @@ def main() -> None:
     reader.start()
     send_all(client, up, random.Random(seed + 1))
     reader.join()
-    reader = threading.Thread(target=lambda: received.update(down=recv_all(client, len(down), random.Random(seed + 4))))
-    reader.start()
-    send_all(server, down, random.Random(seed + 3))
-    reader.join()
+    if down:
+        reader = threading.Thread(target=lambda: received.update(down=recv_all(client, len(down), random.Random(seed + 4))))
+        reader.start()
+        send_all(server, down, random.Random(seed + 3))
+        reader.join()
+    else:
+        received["down"] = b""
     assert received == {"up": up, "down": down}
     result = {"server_port": listener.getsockname()[1], "client_port": client.getsockname()[1]}
     client.close()

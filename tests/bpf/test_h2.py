@@ -22,24 +22,28 @@ from .conftest import collect
 pytestmark = pytest.mark.bpf
 
 
-@pytest.mark.parametrize("seed", [0, 10, 20])
-def test_h2_chunks_carry_every_frame_but_data_payloads(probes: Probes, seed: int) -> None:
-    up, down = h2traffic.conversation()
-    assert h2traffic.reported(up, True)[0] < len(up) - 24  # the client's WINDOW_UPDATEs are left out
+def replay(probes: Probes, arg: str) -> tuple[dict, list]:
+    """h2traffic.py `arg` in a new PID namespace: its ports, and the records until both ends closed."""
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
-                             str(Path(h2traffic.__file__)), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             str(Path(h2traffic.__file__)), arg], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
     probes.allow_pid_namespace(json.loads(proc.stdout.readline())["ns_inode"])
     proc.stdin.write("go\n")
     proc.stdin.flush()
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    ports = json.loads(out)
 
     def closed(evs: list) -> bool:
         return sum(isinstance(e, Event) and e.type is EventType.CONN_CLOSE for e in evs) >= 2
 
-    events = collect(probes, closed)
+    return json.loads(out), collect(probes, closed)
+
+
+@pytest.mark.parametrize("seed", [0, 10, 20])
+def test_h2_chunks_carry_every_frame_but_data_payloads(probes: Probes, seed: int) -> None:
+    up, down = h2traffic.conversation()
+    assert h2traffic.reported(up, True)[0] < len(up) - 24  # the client's WINDOW_UPDATEs are left out
+    ports, events = replay(probes, str(seed))
     opens = {e.sock_id: e for e in events if isinstance(e, Event) and e.type is EventType.CONN_OPEN}
     assert sorted((e.role, e.tuple.local_port) for e in opens.values()) == [
         (Role.SERVER, ports["server_port"]), (Role.CLIENT, ports["client_port"])]
@@ -61,3 +65,18 @@ def test_h2_chunks_carry_every_frame_but_data_payloads(probes: Probes, seed: int
         assert sum(c.moved for c in chunks) == covered, key
         assert b"".join(c.data for c in chunks) == kept, key
     assert probes.counters()["h2_chunk_drops"] == probes.counters()["read_fails"] == 0
+
+
+def test_an_oversized_kept_frame_gives_the_framing_up(probes: Probes) -> None:
+    """A 1 MiB HEADERS frame (more than user space decodes): each end reports what came before it,
+    marked truncated, and then nothing more; no exchange records either."""
+    _, events = replay(probes, "oversized")
+    streams: dict[tuple[Role, bool], list[H2Chunk]] = defaultdict(list)
+    for chunk in (e for e in events if isinstance(e, H2Chunk)):
+        streams[chunk.role, chunk.recv].append(chunk)
+    assert sorted(streams) == [(Role.SERVER, True), (Role.CLIENT, False)]
+    for key, chunks in streams.items():  # the cuts decide how many chunks the empty SETTINGS took
+        assert [c.seq for c in chunks] == list(range(len(chunks))), key
+        assert [bool(c.flags & FLAG_TRUNCATED) for c in chunks] == [False] * (len(chunks) - 1) + [True], key
+        assert b"".join(c.data for c in chunks) == b"\0\0\0\x04\0\0\0\0\0", key
+    assert not [e for e in events if not isinstance(e, (Event, H2Chunk))]
