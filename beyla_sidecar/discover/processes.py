@@ -83,6 +83,7 @@ class ProcessTable:
 
     def __init__(self) -> None:
         self._by_pid: dict[int, ProcessInfo | None] = {}
+        self._dead: set[int] = set()  # found exited at the last prune
 
     def get(self, pid: int, comm: str = "") -> ProcessInfo | None:
         """Cached info; a process already gone is remembered by its kernel task name `comm`."""
@@ -92,7 +93,7 @@ class ProcessTable:
             info = inspect(pid)
             if info is None and comm:
                 info = ProcessInfo(pid, comm, command_line="", app_name="", service_name="",
-                                   create_time=0.0)  # pruned at the next sweep
+                                   create_time=0.0)  # pruned two sweeps later
             self._by_pid[pid] = info
             return info
 
@@ -101,9 +102,12 @@ class ProcessTable:
         self._by_pid.pop(pid, None)
 
     def prune(self) -> list[int]:
-        """Drop processes that exited (or whose pid was reused); returns their pids."""
-        stale = [pid for pid, info in self._by_pid.items()
-                 if info is None or not _alive(pid, info.create_time)]
+        """Drop processes found exited (or their pid reused) at this sweep and at the one before;
+        returns their pids. The sweep of grace is for records of a process that just exited, still
+        queued behind its exit: they must find its name, not the bare task name of a gone process."""
+        dead = {pid for pid, info in self._by_pid.items() if info is None or not _alive(pid, info.create_time)}
+        stale = [pid for pid in self._dead if pid in dead]
+        self._dead = dead.difference(stale)
         for pid in stale:
             del self._by_pid[pid]
         return stale

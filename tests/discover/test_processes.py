@@ -84,3 +84,19 @@ def test_process_table_remembers_a_gone_process_by_its_task_name(procs: list[sub
     table = ProcessTable()
     assert table.get(gone.pid, "python3") == ProcessInfo(gone.pid, "python3", command_line="", app_name="",
                                                          service_name="", create_time=0.0)
+
+
+def test_a_gone_process_is_pruned_at_the_second_sweep_that_finds_it_gone(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Its records still queued behind its exit keep its name for one sweep."""
+    alive = start(procs, [sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = start(procs, [sys.executable, "-c", "import sys; sys.stdin.read()"])  # until its stdin closes
+    table = ProcessTable()
+    named = table.get(gone.pid)
+    assert named is not None and table.get(alive.pid) is not None
+    assert gone.stdin is not None
+    gone.stdin.close()
+    gone.wait()
+    assert table.prune() == []
+    assert table.get(gone.pid) is named
+    assert table.prune() == [gone.pid]
+    assert table.prune() == [] and table.get(alive.pid) is not None
