@@ -15,6 +15,10 @@ and gives each exchange its trace identity:
   id (or the caller's context from a TCP option) and a client exchange the ids it wrote into the
   request: the spans take them, so that the callee's server span is the client span's child.
 
+HTTP/2 connections send chunks instead of exchange records (probes/h2.h): the HTTP2 protocol makes
+their streams, each an exchange of the connection (a server stream continues an incoming
+traceparent, a client stream starts a trace), and streams in flight end with the connection's close.
+
 Without any span destination (`traces=False`) exchanges get no trace context at all.
 """
 
@@ -23,18 +27,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from ..bpf.events import FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, H2Chunk, Role
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
+from ..protocols.http2 import HTTP2, StreamDone
 from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
 from .exchange import Exchange
-
-if TYPE_CHECKING:
-    from ..protocols.http2 import HTTP2, StreamDone
 
 # Exchanges of a connection no protocol recognises before it is given up as unrecognised.
 DETECT_ATTEMPTS = 3
@@ -88,7 +89,7 @@ class Tracker:
                  max_connections: int = 65536, sampler: Sampler = PARENT_BASED_ALWAYS_ON,
                  traces: bool = True) -> None:
         self._protocols = protocols
-        self._http2 = cast("HTTP2 | None", next((p for p in protocols if p.name == "http2"), None))
+        self._http2 = next((p for p in protocols if isinstance(p, HTTP2)), None)
         self._emit = emit
         self._max_connections = max_connections
         self._sampler = sampler
@@ -206,8 +207,9 @@ class Tracker:
         c = self._conns.pop(sock_id, None)
         if c is not None:
             self._count_unrecognised(c)
-            if ts_ns and c.protocol is not None and c.protocol is self._http2 and not c.ignored:
-                self._streams(c, self._http2.ended(sock_id, ts_ns))  # streams in flight end with it
+            http2 = self._http2
+            if ts_ns and http2 is not None and c.protocol is http2 and not c.ignored:
+                self._streams(c, http2.ended(sock_id, ts_ns))  # streams in flight end with it
             self._drop(sock_id, c)
 
     def _drop(self, sock_id: int, c: Connection) -> None:
