@@ -558,7 +558,9 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
 	if (st->filling && rec->resp_bytes > moved)
 		append_prefix(st, x, moved, true);
-	if (rec->resp_len >= 16 && rec->resp_bytes <= RESP_CAPTURE_MAX && switching_protocols(rec))
+	/* only while the transfer starts inside the prefix: the 101 head must be in it, and the
+	 * server's first frames often come in the same transfer */
+	if (rec->resp_len >= 16 && rec->resp_bytes - moved < RESP_CAPTURE_MAX && switching_protocols(rec))
 		h2c_upgrade(st, key, recv, moved, x, now);
 }
 

@@ -1,6 +1,6 @@
 """HTTP/2 byte streams replayed over TCP for the probe tests, run as a subprocess in a new PID
 namespace; argv[1]: the seed of the cuts, or `oversized` (the client sends a 1 MiB HEADERS frame
-after its preface, and nothing comes back). Protocol on stdio: prints {"ns_inode": N}, waits for a line on stdin, replays, prints
+after its preface, and nothing comes back), or `upgrade` (an h2c upgrade, see upgrade()). Protocol on stdio: prints {"ns_inode": N}, waits for a line on stdin, replays, prints
 the ports as JSON and exits.
 
 The streams are a real conversation between the `h2` package's client and server (requests with
@@ -155,10 +155,29 @@ OVERSIZED = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0" +  # 
              (1 << 20).to_bytes(3, "big") + b"\x01\x04\0\0\0\x01" + b"h" * 4000)  # a 1 MiB HEADERS frame
 
 
+UPGRADE_REQUEST = (b"GET /up HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                   b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+UPGRADE_HEAD = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def upgrade() -> tuple[bytes, bytes, bytes]:
+    """(the client's HTTP/1.1 request, the server's answer: the 101 head and, in the same write, its
+    SETTINGS and stream 1's response of 1000 bytes, then the client's preface and SETTINGS)."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_upgrade_connection(client.initiate_upgrade_connection())
+    server.send_headers(1, [(":status", "200"), ("content-type", "text/plain")])
+    server.send_data(1, b"x" * 1000, end_stream=True)
+    return UPGRADE_REQUEST, UPGRADE_HEAD + server.data_to_send(), client.data_to_send()
+
+
 def main() -> None:
     import threading
 
     seed = int(sys.argv[1]) if sys.argv[1:] and sys.argv[1].isdigit() else 0
+    if sys.argv[1:] == ["upgrade"]:
+        upgraded()
+        return
     up, down = (OVERSIZED, b"") if sys.argv[1:] == ["oversized"] else conversation()
     print(json.dumps({"ns_inode": os.stat("/proc/self/ns/pid").st_ino}), flush=True)
     sys.stdin.readline()
@@ -183,6 +202,25 @@ def main() -> None:
     server.close()
     listener.close()
     print(json.dumps(result), flush=True)
+
+
+
+def upgraded() -> None:
+    """The h2c upgrade of upgrade(), each message in one write, read whole by the other end."""
+    request, answer, preface = upgrade()
+    print(json.dumps({"ns_inode": os.stat("/proc/self/ns/pid").st_ino}), flush=True)
+    sys.stdin.readline()
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    for src, dst, data in ((client, server, request), (server, client, answer), (client, server, preface)):
+        src.sendall(data)
+        wait_queued(dst, len(data))
+        assert dst.recv(len(data)) == data
+    client.close()
+    server.close()
+    listener.close()
+    print(json.dumps({}), flush=True)
 
 
 if __name__ == "__main__":

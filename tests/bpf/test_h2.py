@@ -80,3 +80,29 @@ def test_an_oversized_kept_frame_gives_the_framing_up(probes: Probes) -> None:
         assert [bool(c.flags & FLAG_TRUNCATED) for c in chunks] == [False] * (len(chunks) - 1) + [True], key
         assert b"".join(c.data for c in chunks) == b"\0\0\0\x04\0\0\0\0\0", key
     assert not [e for e in events if not isinstance(e, (Event, H2Chunk))]
+
+
+def test_h2c_upgrade_walks_frames_from_the_end_of_the_101_head(probes: Probes) -> None:
+    """The 101 head and the server's first frames in one write (more than the response prefix): the
+    101 exchange holds the head alone, and the frames after it, and the client's preface and
+    SETTINGS after that, come as chunks at both ends."""
+    request, answer, preface = h2traffic.upgrade()
+    head = len(h2traffic.UPGRADE_HEAD)
+    assert len(answer) > 256
+    _, events = replay(probes, "upgrade")
+    exchanges = [e for e in events if not isinstance(e, (Event, H2Chunk))]
+    assert sorted((e.role, e.req_bytes, e.resp_bytes, e.response[:head]) for e in exchanges) == [
+        (Role.SERVER, len(request), head, h2traffic.UPGRADE_HEAD),
+        (Role.CLIENT, len(request), head, h2traffic.UPGRADE_HEAD)]
+    streams: dict[tuple[Role, bool], list[H2Chunk]] = defaultdict(list)
+    for chunk in (e for e in events if isinstance(e, H2Chunk)):
+        streams[chunk.role, chunk.recv].append(chunk)
+    expected = {(Role.SERVER, False): (answer[head:], False), (Role.CLIENT, True): (answer[head:], False),
+                (Role.CLIENT, False): (preface, True), (Role.SERVER, True): (preface, True)}
+    assert sorted(streams) == sorted(expected)
+    for key, chunks in streams.items():
+        stream, has_preface = expected[key]
+        covered, kept = h2traffic.reported(stream, has_preface)
+        assert [c.seq for c in chunks] == list(range(len(chunks))), key
+        assert not any(c.flags & FLAG_TRUNCATED for c in chunks), key
+        assert (sum(c.moved for c in chunks), b"".join(c.data for c in chunks)) == (covered, kept), key
