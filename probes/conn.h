@@ -6,9 +6,7 @@
 #include "gate.h"
 #include "connstate.h"
 
-#define MAX_CONNS 8192
 #define MAX_LISTEN_PORTS 4096
-#define MAX_THREADS 16384
 
 /* The user buffers holding one transfer's bytes: the first at buf, then, for readv/writev/
  * recvmsg/sendmsg, the rest of the iovec array (read only for HTTP/2 framing). */
@@ -25,15 +23,6 @@ struct listen_key {
 	__u16 port;  /* host byte order */
 	__u16 _pad;
 };
-
-/* struct sock address (or SSL* of a socket-less TLS session) -> state. User space reads
- * it to end exchanges that went idle; its size is set by the loader before load. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
-	__type(value, struct conn_state);
-} conns SEC(".maps");
 
 /* struct sock address -> req_start_ns of its exchange in progress, which user space has ended
  * already (found idle in conns, reported): the kernel does not send it again, so a full ring
@@ -62,26 +51,6 @@ struct {
 	__type(value, __u8);
 } listen_ports SEC(".maps");
 
-/* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`
- * (response not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
- * thread (sched_process_exit), and a full map only costs parent links. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct parent_ref);
-} serving SEC(".maps");
-
-/* host tid -> the server requests it read that no call of its own claimed yet (event loops).
- * Not preallocated: ~0.5 KiB per entry, and only threads that serve have one. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct pending);
-} pending SEC(".maps");
-
 /* A zeroed `pending` value to create entries from: it is too big for the BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -89,16 +58,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pending);
 } pending_blank SEC(".maps");
-
-/* struct sock address -> the request its thread was handling when it connect()ed: a call that
- * opens a connection is claimed then, in order, not when the connection is up (an event loop
- * sends calls in the order their connections complete). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
-	__type(value, struct parent_ref);
-} connect_parents SEC(".maps");
 
 /* TCP over IPv4/IPv6 only: unix, UDP, MPTCP sockets are not ours. sk is a BTF pointer
  * (tp_btf argument): direct loads, no probe reads. */

@@ -1,9 +1,13 @@
-/* The per-connection state and the thread -> server exchange reference: the types of the
- * `conns` and `serving` maps, which propagate.bpf.c shares with the exchange probes. */
+/* The per-connection state, the thread -> server exchange reference and the maps holding them
+ * (`conns`, `serving`, `pending`, `connect_parents`), which propagate.bpf.c shares with the
+ * exchange probes. */
 #ifndef __BEYLA_CONNSTATE_H
 #define __BEYLA_CONNSTATE_H
 
 #include "beyla.h"
+
+#define MAX_CONNS 8192
+#define MAX_THREADS 16384
 
 enum phase {
 	PHASE_IDLE = 0,     /* no exchange in progress */
@@ -81,5 +85,46 @@ static __always_inline struct parent_ref *pending_oldest(struct pending *p)
 	}
 	return NULL;
 }
+
+/* The maps of connection state, declared once for beyla.bpf.o and propagate.bpf.o (which reuses
+ * their fds before its load: its copies of the definitions only give the types). */
+/* struct sock address (or SSL* of a socket-less TLS session) -> state. User space reads
+ * it to end exchanges that went idle; its size is set by the loader before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+/* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`
+ * (response not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
+ * thread (sched_process_exit), and a full map only costs parent links. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct parent_ref);
+} serving SEC(".maps");
+
+/* host tid -> the server requests it read that no call of its own claimed yet (event loops).
+ * Not preallocated: ~0.5 KiB per entry, and only threads that serve have one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+/* struct sock address -> the request its thread was handling when it connect()ed: a call that
+ * opens a connection is claimed then, in order, not when the connection is up (an event loop
+ * sends calls in the order their connections complete). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct parent_ref);
+} connect_parents SEC(".maps");
 
 #endif /* __BEYLA_CONNSTATE_H */

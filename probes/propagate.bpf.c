@@ -35,7 +35,6 @@
 /* Bytes of a message made one piece again after the insert (copied). */
 #define LINEARIZE_MAX 16384
 #define MAX_CLIENT_SOCKS 65536
-#define MAX_THREADS 16384
 
 /* Per-CPU counters (user space sums), enum ctx_counter. */
 enum ctx_counter {
@@ -67,36 +66,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } client_socks SEC(".maps");
-
-/* beyla.bpf.o's maps (fds reused before load; these definitions only give their types). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, struct conn_state);
-} conns SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct parent_ref);
-} serving SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
-	__type(value, struct pending);
-} pending SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, struct parent_ref);
-} connect_parents SEC(".maps");
 
 /* The first bytes of the message (per CPU: too big for the stack). 16 zeroed bytes of slack
  * let a header-name compare read past the window's end. */
