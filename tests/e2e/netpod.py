@@ -59,19 +59,24 @@ def veth(a: str, a_ns: str, b: str, b_ns: str) -> None:
     ip("link", "set", b, "netns", b_ns)
 
 
+def start_init(pod: Pod) -> None:
+    """The pod's init, in new PID and network namespaces."""
+    pod.init = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
+                                 "sleep", "infinity"])
+    pod._procs = [pod.init]
+    deadline = time.monotonic() + 5
+    while pod.init_pid is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pod.init_pid is not None, "unshare did not start"
+    pod.ns_inode = os.stat(f"/proc/{pod.init_pid}/ns/pid").st_ino
+
+
 class NetPod(Pod):
     """A Pod (tests/e2e/pod.py) with its own network namespace and a veth to `peer`."""
 
     def __init__(self, tmp: Path, peer: Netns) -> None:
         self.tmp = tmp
-        self.init = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
-                                      "sleep", "infinity"])
-        self._procs = [self.init]
-        deadline = time.monotonic() + 5
-        while self.init_pid is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.init_pid is not None, "unshare did not start"
-        self.ns_inode = os.stat(f"/proc/{self.init_pid}/ns/pid").st_ino
+        start_init(self)
         tag = str(os.getpid() % 100000)
         veth(f"bsp{tag}", str(self.init_pid), f"bsq{tag}", peer.name)
         inside = ["nsenter", "--target", str(self.init_pid), "--net", "--"]
@@ -110,14 +115,7 @@ class CgroupPod(Pod):
         self.cgroup = CGROUP2 / name
         for container in CONTAINERS:
             (self.cgroup / container).mkdir(parents=True, exist_ok=True)
-        self.init = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
-                                      "sleep", "infinity"])
-        self._procs = [self.init]
-        deadline = time.monotonic() + 5
-        while self.init_pid is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.init_pid is not None, "unshare did not start"
-        self.ns_inode = os.stat(f"/proc/{self.init_pid}/ns/pid").st_ino
+        start_init(self)
         self.net(["ip", "link", "set", "lo", "up"])
 
     def container(self, name: str) -> list[str]:
