@@ -9,6 +9,7 @@
  *               (inet_sock_set_state), the thread -> server exchange being served
  *   exchange.h  request/response state machine, prefixes, head scan; one record
  *               per exchange
+ *   asyncio.h   CPython asyncio uprobes: which Task runs on a thread, for parents
  *   propagate.h the trace context of an exchange when propagation is on (its other
  *               half is propagate.bpf.c)
  *   tls.h       OpenSSL uprobes: plaintext into the same exchanges

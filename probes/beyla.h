@@ -10,6 +10,7 @@
 #define RESP_CAPTURE_MAX 256
 /* Bytes kept after a "traceparent:" found beyond the request prefix. */
 #define TRACEPARENT_CAPTURE 80
+#define TASK_CHAIN 4 /* asyncio Tasks an exchange record names (probes/asyncio.h) */
 /* Bytes of an HTTP/2 connection's frames one chunk record carries at most. */
 #define H2_CHUNK_MAX 4096
 /* Longest executable path an exec event carries (a longer one is not sent). */
@@ -130,6 +131,9 @@ struct exchange {
 	__u16 _pad;
 	__u8 trace_id[16];   /* FLAG_CONTEXT: W3C ids, in their text order (big-endian) */
 	__u8 span_id[8];
+	/* asyncio (else 0): client, the Task that sent the request and the Tasks that created
+	 * it, innermost first; server, tasks[0] the Task that began the response */
+	__u64 tasks[TASK_CHAIN];
 	__u8 traceparent[TRACEPARENT_CAPTURE];
 	__u8 data[REQ_CAPTURE_MAX + RESP_CAPTURE_MAX];
 };

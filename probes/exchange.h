@@ -7,6 +7,7 @@
 #define __BEYLA_EXCHANGE_H
 
 #include "h2.h"
+#include "asyncio.h"
 
 /* Head scan: 64-byte blocks read one at a time, of which 48 are scanned before the next is
  * read, so that the first 8 bytes after any line break are in the block. Heads beyond
@@ -462,9 +463,13 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 	rec->resp_len = 0;
 	rec->resp_off = req_capture;
 	rec->parent_sock = rec->parent_start = 0;
+	__builtin_memset(rec->tasks, 0, sizeof(rec->tasks));
 	if (rec->role == ROLE_SERVER) {
 		queue_request(tid, &ref); /* served from the first call that claims it */
 	} else {
+		/* only a thread that serves has requests for its Tasks' calls to belong to */
+		if (bpf_map_lookup_elem(&pending, &tid))
+			task_chain(bpf_get_current_pid_tgid() >> 32, tid, rec->tasks);
 		parent = bpf_map_lookup_elem(&connect_parents, &key);
 		if (parent) { /* claimed when it connected */
 			bpf_map_update_elem(&serving, &tid, parent, BPF_ANY);
@@ -500,6 +505,7 @@ static __always_inline void start_response(struct conn_state *st, __u64 key, con
 		if (ref && ref->sock_id == key)
 			bpf_map_delete_elem(&serving, &tid);
 		unqueue_request(tid, key);
+		rec->tasks[0] = running_task(tid);
 	}
 	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
 	st->filling = rec->resp_len == moved && moved < resp_capture;

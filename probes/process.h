@@ -177,8 +177,8 @@ int BPF_PROG(beyla_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* Per thread: a thread that dies inside an SSL_* call or while serving leaves state
- * behind. The last thread of a process reports the process's exit. */
+/* Per thread: a thread that dies inside an SSL_* call, while serving or in a Task step
+ * leaves state behind. The last thread of a process reports the process's exit. */
 SEC("tp/sched/sched_process_exit")
 int beyla_task_exit(void *ctx)
 {
@@ -192,6 +192,7 @@ int beyla_task_exit(void *ctx)
 	bpf_map_delete_elem(&ssl_calls, &tid);
 	bpf_map_delete_elem(&serving, &tid);
 	bpf_map_delete_elem(&pending, &tid);
+	bpf_map_delete_elem(&task_steps_map, &tid);
 	/* do_exit() decrements signal->live before this tracepoint: 0 for the last thread */
 	task = cur.task;
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)

@@ -18,8 +18,8 @@ from typing import NamedTuple
 CONN_EVENT = struct.Struct("<BBBx4I4xQQ16s16sHHH2x16s")
 # struct exchange up to data[]: type, flags, role, end, pid, ns_pid, tid, sock_id,
 # req/resp start/end, req/resp bytes, parent (sock, start), req/resp head, req/resp len,
-# resp_off, pad, trace id, span id (FLAG_CONTEXT), then the traceparent area
-EXCHANGE = struct.Struct("<BBBBIIIQ8QIIHHH2x16s8s")
+# resp_off, pad, trace id, span id (FLAG_CONTEXT), asyncio Tasks, then the traceparent area
+EXCHANGE = struct.Struct("<BBBBIIIQ8QIIHHH2x16s8s4Q")
 TRACEPARENT_CAPTURE = 80
 EXCHANGE_DATA = EXCHANGE.size + TRACEPARENT_CAPTURE  # offset of data[]: request prefix
 REQ_CAPTURE_MAX = 512
@@ -136,6 +136,9 @@ class ExchangeRecord(NamedTuple):
     # id (FLAG_CONTEXT_REMOTE: the caller's trace and span ids, from a TCP option); else 0
     trace_id: int = 0
     span_id: int = 0
+    # asyncio (probes/asyncio.h): client, the Task (address) that sent the request and the Tasks
+    # that created it, innermost first; server, the Task that began the response; else ()
+    tasks: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[int, int]:
@@ -196,7 +199,7 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
         return None
     (etype, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,
      req_bytes, resp_bytes, parent_sock, parent_start, req_head, resp_head, req_len, resp_len,
-     resp_off, trace_id, span_id) = EXCHANGE.unpack_from(record)
+     resp_off, trace_id, span_id, t0, t1, t2, t3) = EXCHANGE.unpack_from(record)
     if etype != EventType.EXCHANGE or role > 2 or req_len > REQ_CAPTURE_MAX or resp_len > RESP_CAPTURE_MAX:
         return None
     if end is None:
@@ -208,11 +211,18 @@ def decode_exchange(record: bytes | memoryview, end: End | None = None) -> Excha
         return None
     tp = bytes(record[EXCHANGE.size:data]) if flags & FLAG_TRACEPARENT else b""
     trace, span = (int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big")) if flags & FLAG_CONTEXT else (0, 0)
+    tasks = _chain(t0, t1, t2, t3) if t0 else ()
     return _TUPLE_NEW(ExchangeRecord, (  # not ExchangeRecord(...): its __new__ is one more Python call
         sock_id, pid, ns_pid, tid, _ROLES[role], end, flags, req_start, req_end, resp_start, resp_end,
         req_bytes, resp_bytes, (parent_sock, parent_start) if parent_sock else None, req_head, resp_head,
         bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]), tp,
-        trace, span))
+        trace, span, tasks))
+
+
+def _chain(*tasks: int) -> tuple[int, ...]:
+    """The Tasks up to the first unknown one."""
+    end = tasks.index(0) if 0 in tasks else len(tasks)
+    return tasks[:end]
 
 
 def decode_h2_chunk(record: bytes | memoryview) -> H2Chunk | None:

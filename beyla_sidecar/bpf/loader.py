@@ -26,7 +26,7 @@ from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_feature
 from .libbpf import BpfError
 from .propagation import MODES, Propagation
 from .ring import RecordHandler, RingReader
-from .strategy import OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, by_name
+from .strategy import ASYNCIO_UPROBES, OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, Uprobe, by_name
 
 DEFAULT_REQ_CAPTURE = 256
 DEFAULT_RESP_CAPTURE = 256
@@ -116,14 +116,16 @@ def _setup_error(exc: BpfError, step: str) -> ProbeSetupError:
 
 
 class UprobeSet:
-    """The OpenSSL uprobes of one library file (for every process mapping it)."""
+    """The uprobes of one file (for every process mapping it): OpenSSL's, or asyncio's."""
 
-    def __init__(self, path: str, links: list[libbpf.Link]) -> None:
+    def __init__(self, path: str, links: list[libbpf.Link], tls: bool = True) -> None:
         self.path = path
         self.links = links
+        self.tls = tls
 
     def destroy(self) -> None:
-        for link in self.links:
+        """Last attached, first detached (a table's return probes come first: see strategy.py)."""
+        for link in reversed(self.links):
             link.destroy()
         self.links = []
 
@@ -217,6 +219,7 @@ class Probes:
         self._conns = obj.map("conns")
         self._swept = obj.map("swept")
         self._tls_files = obj.map("tls_files")
+        self._asyncio_files = obj.map("asyncio_files")
         self._listen = obj.map("listen_ports")
         self._ring = RingReader(obj.map("events").fd, ringbuf_size)
 
@@ -287,6 +290,16 @@ class Probes:
         """OpenSSL uprobes on the library (or executable) at `path`, at the file offsets of
         its SSL_* functions (those missing from `offsets` are skipped), for all processes:
         the programs check namespace and selection. All or nothing: raises BpfError."""
+        return self._attach_uprobes(path, offsets, OPENSSL_UPROBES, tls=True)
+
+    def attach_asyncio(self, path: str, offsets: Mapping[str, int]) -> UprobeSet:
+        """The asyncio Task uprobes on CPython's _asyncio module (or the interpreter it is built
+        into) at `path`, at the file offsets of its hooks (discover/asyncio_hooks.py), for all
+        processes. All or nothing: raises BpfError."""
+        return self._attach_uprobes(path, offsets, ASYNCIO_UPROBES, tls=False)
+
+    def _attach_uprobes(self, path: str, offsets: Mapping[str, int], table: tuple[Uprobe, ...],
+                        tls: bool) -> UprobeSet:
         self._object()
         support = self._uprobe_support
         if support.mechanism is None:  # the reason (support.error) is logged once, at start-up
@@ -295,26 +308,28 @@ class Probes:
         links: list[libbpf.Link] = []
         try:
             attach = self._attach_multi if support.mechanism == UPROBE_MULTI else self._attach_perf
-            attach(path, offsets, links)
+            attach(path, offsets, table, links)
         except BpfError:
             UprobeSet(path, links).destroy()
             raise
-        uprobes = UprobeSet(path, links)
+        uprobes = UprobeSet(path, links, tls)
         self._uprobes.append(uprobes)
-        self._count_tls_files()
+        self._count_files()
         return uprobes
 
-    def _attach_perf(self, path: str, offsets: Mapping[str, int], links: list[libbpf.Link]) -> None:
+    def _attach_perf(self, path: str, offsets: Mapping[str, int], table: tuple[Uprobe, ...],
+                     links: list[libbpf.Link]) -> None:
         """One perf event of the uprobe PMU per function (needs CAP_SYS_ADMIN on Linux 6.16+)."""
-        for probe in OPENSSL_UPROBES:
+        for probe in table:
             if probe.symbol in offsets:
                 links.append(self._programs[probe.program].attach_uprobe(
                     -1, path, offset=offsets[probe.symbol], retprobe=probe.retprobe))
 
-    def _attach_multi(self, path: str, offsets: Mapping[str, int], links: list[libbpf.Link]) -> None:
+    def _attach_multi(self, path: str, offsets: Mapping[str, int], table: tuple[Uprobe, ...],
+                      links: list[libbpf.Link]) -> None:
         """One uprobe_multi link per program and direction, on all its functions of the file."""
         grouped: dict[tuple[str, bool], list[int]] = {}
-        for probe in OPENSSL_UPROBES:
+        for probe in table:
             if probe.symbol in offsets:
                 grouped.setdefault((probe.program, probe.retprobe), []).append(offsets[probe.symbol])
         for (program, retprobe), where in grouped.items():
@@ -323,11 +338,14 @@ class Probes:
     def detach(self, uprobes: UprobeSet) -> None:
         uprobes.destroy()
         self._uprobes.remove(uprobes)
-        self._count_tls_files()
+        self._count_files()
 
-    def _count_tls_files(self) -> None:
-        """The socket probes look for SSL calls in progress only while some file is probed."""
-        self._tls_files.update(_U32.pack(0), _U32.pack(len(self._uprobes)))
+    def _count_files(self) -> None:
+        """The socket probes look for SSL calls in progress, and for asyncio Tasks, only while
+        some file of the kind is probed."""
+        tls = sum(u.tls for u in self._uprobes)
+        self._tls_files.update(_U32.pack(0), _U32.pack(tls))
+        self._asyncio_files.update(_U32.pack(0), _U32.pack(len(self._uprobes) - tls))
 
     def poll(self, timeout_ms: int, callback: RecordHandler, limit: int | None = None) -> int:
         """Wait up to timeout_ms, then hand the records (at most `limit`) to callback; number handled.

@@ -3,9 +3,9 @@
 This table is the extension point for kernels with kprobes or fentry: add the programs
 to probes/ under new `beyla_*` names, then add a row here *before* the tracepoint row
 (rows are in preference order). `Probes` autoloads only the chosen row's programs, plus
-the uprobe programs of OPENSSL_UPROBES, which every strategy shares and which are attached
-per library file (discover/), not by section name.
-Every program in the object must belong to some row or to OPENSSL_UPROBES, so a forgotten
+the uprobe programs of OPENSSL_UPROBES and ASYNCIO_UPROBES, which every strategy shares and
+which are attached per library file (discover/), not by section name.
+Every program in the object must belong to some row or to those tables, so a forgotten
 entry fails loudly.
 """
 
@@ -56,7 +56,15 @@ OPENSSL_UPROBES: tuple[Uprobe, ...] = (
     Uprobe("beyla_ssl_wr_e", "SSL_write", False), Uprobe(_RET, "SSL_write", True),
     Uprobe("beyla_ssl_wrx_e", "SSL_write_ex", False), Uprobe(_RET, "SSL_write_ex", True),
 )
-UPROBE_PROGRAMS = tuple(sorted({u.program for u in OPENSSL_UPROBES}))
+# CPython's _asyncio (probes/asyncio.h; functions found by discover/asyncio_hooks.py, named by
+# the hook they serve). The return probe comes first: attached before the entries and detached
+# after them, no step is entered without its return being seen.
+ASYNCIO_UPROBES: tuple[Uprobe, ...] = (
+    Uprobe("beyla_aio_ret", "task_step", True), Uprobe("beyla_aio_ret", "task_wakeup", True),
+    Uprobe("beyla_aio_init", "task_init", False), Uprobe("beyla_aio_step", "task_step", False),
+    Uprobe("beyla_aio_wake", "task_wakeup", False),
+)
+UPROBE_PROGRAMS = tuple(sorted({u.program for u in OPENSSL_UPROBES + ASYNCIO_UPROBES}))
 OPENSSL_SYMBOLS = tuple(sorted({u.symbol for u in OPENSSL_UPROBES}))
 # Without these a library's plaintext cannot be seen at all; the others are optional
 # (SSL_*_ex: OpenSSL 1.1.1+; a missing SSL_do_handshake only delays the socket tie).

@@ -14,10 +14,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+ET_EXEC = 2
 SHT_SYMTAB = 2
+SHT_RELA = 4
 SHT_DYNSYM = 11
 SHT_NOBITS = 8
+SHT_RELR = 19
 PT_LOAD = 1
+PF_X = 1
+PF_W = 2
 STT_FUNC = 2
 STT_GNU_IFUNC = 10
 SHN_UNDEF = 0
@@ -38,6 +43,17 @@ class Section:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """A PT_LOAD segment."""
+
+    vaddr: int
+    memsz: int
+    offset: int
+    filesz: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Layout:
     """struct formats of one ELF class and byte order."""
 
@@ -45,7 +61,7 @@ class _Layout:
     section: struct.Struct  # name type flags addr offset size link info align entsize
     segment: struct.Struct
     symbol: struct.Struct
-    segment_order: tuple[int, int, int, int]  # indexes of p_type, p_offset, p_vaddr, p_memsz
+    segment_order: tuple[int, int, int, int, int, int]  # p_type p_offset p_vaddr p_memsz p_filesz p_flags
     symbol_order: tuple[int, int, int, int]  # indexes of st_name, st_info, st_shndx, st_value
 
 
@@ -55,9 +71,9 @@ def _layout(ei_class: int, ei_data: int) -> _Layout:
         raise ElfError("unknown ELF class or byte order")
     if ei_class == 2:
         return _Layout(struct.Struct(e + "HHIQQQIHHHHHH"), struct.Struct(e + "IIQQQQIIQQ"),
-                       struct.Struct(e + "IIQQQQQQ"), struct.Struct(e + "IBBHQQ"), (0, 2, 3, 6), (0, 1, 3, 4))
+                       struct.Struct(e + "IIQQQQQQ"), struct.Struct(e + "IBBHQQ"), (0, 2, 3, 6, 5, 1), (0, 1, 3, 4))
     return _Layout(struct.Struct(e + "HHIIIIIHHHHHH"), struct.Struct(e + "IIIIIIIIII"),
-                   struct.Struct(e + "IIIIIIII"), struct.Struct(e + "IIIBBH"), (0, 1, 2, 5), (0, 3, 5, 1))
+                   struct.Struct(e + "IIIIIIII"), struct.Struct(e + "IIIBBH"), (0, 1, 2, 5, 4, 6), (0, 3, 5, 1))
 
 
 class Elf:
@@ -75,13 +91,15 @@ class Elf:
 
     def _read_headers(self) -> None:
         h = self._l.header.unpack_from(self.data, 16)
+        self.type: int = h[0]
+        self.machine: int = h[1]
         phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = h[4], h[5], h[8], h[9], h[10], h[11], h[12]
-        p_type, p_offset, p_vaddr, p_memsz = self._l.segment_order
-        self.loads: list[tuple[int, int, int]] = []  # (vaddr, memsz, offset) of PT_LOAD segments
+        p_type, p_offset, p_vaddr, p_memsz, p_filesz, p_flags = self._l.segment_order
+        self.loads: list[Segment] = []
         for i in range(phnum):
             seg = self._l.segment.unpack_from(self.data, phoff + i * phentsize)
             if seg[p_type] == PT_LOAD:
-                self.loads.append((seg[p_vaddr], seg[p_memsz], seg[p_offset]))
+                self.loads.append(Segment(seg[p_vaddr], seg[p_memsz], seg[p_offset], seg[p_filesz], seg[p_flags]))
         raw = [self._l.section.unpack_from(self.data, shoff + i * shentsize) for i in range(shnum)]
         names = raw[shstrndx] if 0 <= shstrndx < len(raw) else None
         self.sections: list[Section] = []
@@ -97,11 +115,28 @@ class Elf:
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 
+    def segment(self, vaddr: int) -> Segment | None:
+        return next((s for s in self.loads if s.vaddr <= vaddr < s.vaddr + s.memsz), None)
+
     def file_offset(self, vaddr: int) -> int | None:
-        for start, size, offset in self.loads:
-            if start <= vaddr < start + size:
-                return vaddr - start + offset
+        seg = self.segment(vaddr)
+        return None if seg is None else vaddr - seg.vaddr + seg.offset
+
+    def address(self, offset: int) -> int | None:
+        """The virtual address the byte at file `offset` is loaded at, if it is."""
+        for seg in self.loads:
+            if seg.offset <= offset < seg.offset + seg.filesz:
+                return offset - seg.offset + seg.vaddr
         return None
+
+    def read(self, vaddr: int, size: int) -> bytes | None:
+        """The `size` bytes the file holds at `vaddr`, None where it holds none (bss, outside)."""
+        seg = self.segment(vaddr)
+        if seg is None or vaddr + size > seg.vaddr + seg.filesz:
+            return None
+        start = vaddr - seg.vaddr + seg.offset
+        raw = bytes(self.data[start:start + size])
+        return raw if len(raw) == size else None
 
     def _symbols(self, table: Section) -> Iterator[tuple[int, int, int, int]]:
         """(st_name, st_info, st_shndx, st_value) of every entry of a symbol table."""

@@ -2,13 +2,13 @@
 
 Fed with the probes' lifecycle events (exec, fork, exit, listen) plus one /proc scan at start
 (and a periodic sweep: newcomers missed, and new mappings of every process), it keeps, per process of the
-pod: whether it is selected (BEYLA_EXECUTABLE_NAME / BEYLA_OPEN_PORT) and which OpenSSL
-files it maps. Each OpenSSL file (device + inode) gets its uprobes once, for all processes
+pod: whether it is selected (BEYLA_EXECUTABLE_NAME / BEYLA_OPEN_PORT) and which OpenSSL and
+CPython _asyncio files it maps. Each such file (device + inode) gets its uprobes once, for all processes
 (pid -1: a process forked or started later that maps the file is covered by the kernel
 from its first instruction, with no race against us); the programs check the namespace
 and the selection. The first time a container root (image) of the pod is seen, its
-standard libssl files are attached before any process maps them, so that even the first
-process using them is traced from its first call. Attachments belong to files, never to
+standard libssl and _asyncio files are attached before any process maps them, so that even
+the first process using them is traced from its first call. Attachments belong to files, never to
 processes: a file no process of the pod maps any more stays attached (a short-lived
 process running it again is then covered at once) until more than MAX_IDLE_FILES such
 files exist, the least recently used going first. Selection reaches the kernel through
@@ -35,6 +35,7 @@ from __future__ import annotations
 import glob
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,9 +44,10 @@ import structlog
 from ..bpf.events import Event, EventType, ExeId
 from ..bpf.libbpf import BpfError
 from ..bpf.loader import UprobeSet
-from .maps import FileId, MappedFile, executable_files, listening_ports, mapped_file_id, own_namespace_tgid
+from .asyncio_hooks import classify_asyncio
+from .maps import FileCache, FileId, MappedFile, executable_files, listening_ports, mapped_file_id, own_namespace_tgid
 from .selection import Selector
-from .tls import TlsFile, TlsFiles
+from .tls import TlsFile, classify
 
 log = structlog.get_logger()
 
@@ -54,6 +56,8 @@ MAX_IDLE_FILES = 16
 LIBSSL_PATTERNS = tuple(f"{d}/{sub}libssl.so*" for d in ("lib", "lib64", "usr/lib", "usr/lib64",
                                                              "usr/local/lib", "usr/local/lib64")
                         for sub in ("", "*-linux-gnu/"))
+# Where a container image keeps CPython's _asyncio module (Debian's python3, the python images').
+ASYNCIO_PATTERNS = tuple(f"{d}/lib/python3*/lib-dynload/_asyncio*.so" for d in ("usr", "usr/local"))
 
 
 class ProbeControl(Protocol):
@@ -63,12 +67,13 @@ class ProbeControl(Protocol):
     def disallow_process(self, ns_tgid: int) -> None: ...
     def set_exe_verdict(self, exe: ExeId, selected: bool) -> None: ...
     def attach_openssl(self, path: str, offsets: dict[str, int]) -> UprobeSet: ...
+    def attach_asyncio(self, path: str, offsets: dict[str, int]) -> UprobeSet: ...
     def detach(self, uprobes: UprobeSet) -> None: ...
 
 
 @dataclass(slots=True)
 class DiscoveryStats:
-    attach_failures: int = 0  # OpenSSL files whose uprobes could not be attached
+    attach_failures: int = 0  # OpenSSL (or _asyncio) files whose uprobes could not be attached
     # TLS stack -> executables using it that we cannot see into (each reported once in the log)
     unsupported_tls: dict[str, int] = field(default_factory=dict)
 
@@ -77,7 +82,7 @@ class DiscoveryStats:
 class _Process:
     selected: bool
     ns_tgid: int  # allowed_pids key
-    tls_files: set[FileId]  # OpenSSL files it maps and holds a reference on (if selected)
+    files: set[FileId]  # OpenSSL and _asyncio files it maps and holds a reference on (if selected)
 
 
 @dataclass(slots=True)
@@ -108,13 +113,14 @@ class Discovery:
         self.stats = DiscoveryStats()
         self._target_ns = target_ns
         self._own_pid = own_pid
-        self._tls_files = TlsFiles()
+        self._tls_files: FileCache[TlsFile] = FileCache(classify)
+        self._asyncio_files: FileCache[dict[str, int]] = FileCache(classify_asyncio)
         self._probes: ProbeControl | None = None
         self._procs: dict[int, _Process] = {}
         self._foreign: set[int] = set()  # pids seen outside the target namespace
         self._attached: dict[FileId, _Attached] = {}
         self._idle: OrderedDict[FileId, None] = OrderedDict()  # attached, mapped by none, oldest first
-        self._roots: set[FileId] = set()  # container roots whose libssl files were attached ahead
+        self._roots: set[FileId] = set()  # container roots whose libssl and _asyncio files were attached ahead
         self._reported: set[FileId] = set()  # executables whose unsupported TLS was logged
         self._due: set[int] = set()  # to inspect at the next flush
         self._dirty: set[int] = set()  # to inspect at the flush after (exec/fork, once more)
@@ -136,7 +142,12 @@ class Discovery:
     @property
     def tls_files(self) -> int:
         """OpenSSL files with uprobes attached now (mapped by some process, or idle)."""
-        return len(self._attached)
+        return sum(1 for a in self._attached.values() if a.uprobes.tls)
+
+    @property
+    def asyncio_files(self) -> int:
+        """CPython _asyncio files with uprobes attached now (mapped by some process, or idle)."""
+        return sum(1 for a in self._attached.values() if not a.uprobes.tls)
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -239,7 +250,7 @@ class Discovery:
         self._foreign.discard(pid)
         proc = self._procs.pop(pid, None)
         if proc is not None:
-            self._release(pid, proc.tls_files)
+            self._release(pid, proc.files)
 
     # -- internals -------------------------------------------------------------------
 
@@ -268,15 +279,15 @@ class Discovery:
         # (unless the probes made its selection).
         self._select(pid, proc, selected, sync=new, write=pid not in self._by_kernel)
         exe_file = next((f for f in files if f.path == exe), None)
-        wanted = self._tls(pid, files, exe_file) if selected else set()
-        self._release(pid, proc.tls_files - wanted)
-        for fid in wanted - proc.tls_files:
+        wanted = (self._tls(pid, files, exe_file) | self._asyncio(pid, files)) if selected else set()
+        self._release(pid, proc.files - wanted)
+        for fid in wanted - proc.files:
             self._attached[fid].users.add(pid)
             self._idle.pop(fid, None)
-        proc.tls_files = wanted
+        proc.files = wanted
 
     def _attach_ahead(self, pid: int) -> None:
-        """First process seen with its root: attach that root's libssl files now."""
+        """First process seen with its root: attach that root's libssl and _asyncio files now."""
         root = f"/proc/{pid}/root"
         try:
             st = os.stat(root)
@@ -285,13 +296,17 @@ class Discovery:
         if (st.st_dev, st.st_ino) in self._roots:
             return
         self._roots.add((st.st_dev, st.st_ino))
-        for path in sorted({p for pattern in LIBSSL_PATTERNS for p in glob.glob(f"{root}/{pattern}")}):
+        for path in sorted({p for pattern in LIBSSL_PATTERNS + ASYNCIO_PATTERNS
+                            for p in glob.glob(f"{root}/{pattern}")}):
             try:
                 f = MappedFile(mapped_file_id(path), path[len(root):], "")
             except (OSError, ValueError):
                 continue
+            if f.id in self._attached:
+                continue
             found = self._tls_files.get(f.id, path, f.path, False)
-            if found.openssl and f.id not in self._attached and self._attach(f, pid, found):
+            hooks = self._asyncio_files.get(f.id, path, f.path)
+            if (found.openssl and self._attach_openssl(f, pid, found)) or (hooks and self._attach_asyncio(f, pid, hooks)):
                 self._make_idle(f.id)
 
     def _select(self, pid: int, proc: _Process, selected: bool, sync: bool = False, write: bool = True) -> None:
@@ -316,7 +331,7 @@ class Discovery:
         for f in files:
             found = self._tls_files.get(f.id, f.host_path(pid), f.path, f is exe_file)
             openssl = openssl or bool(found.openssl)
-            if found.openssl and self._attach(f, pid, found):
+            if found.openssl and self._attach_openssl(f, pid, found):
                 out.add(f.id)
             elif found.unsupported:
                 unsupported.append(found)
@@ -333,18 +348,35 @@ class Discovery:
             log.warning("TLS library not supported: this executable's HTTPS is not traced",
                         executable=exe_file.path, tls=unsupported, pid=pid)
 
-    def _attach(self, f: MappedFile, pid: int, found: TlsFile) -> bool:
+    def _asyncio(self, pid: int, files: list[MappedFile]) -> set[FileId]:
+        """The _asyncio files among `files`, attached."""
+        out: set[FileId] = set()
+        for f in files:
+            hooks = self._asyncio_files.get(f.id, f.host_path(pid), f.path)
+            if hooks and self._attach_asyncio(f, pid, hooks):
+                out.add(f.id)
+        return out
+
+    def _attach_openssl(self, f: MappedFile, pid: int, found: TlsFile) -> bool:
+        assert self._probes is not None
+        return self._attach(f, pid, "OpenSSL", self._probes.attach_openssl, found.openssl)
+
+    def _attach_asyncio(self, f: MappedFile, pid: int, hooks: dict[str, int]) -> bool:
+        assert self._probes is not None
+        return self._attach(f, pid, "asyncio", self._probes.attach_asyncio, hooks)
+
+    def _attach(self, f: MappedFile, pid: int, what: str, attach: Callable[[str, dict[str, int]], UprobeSet],
+                offsets: dict[str, int]) -> bool:
         if f.id in self._attached:
             return True
-        assert self._probes is not None
         try:
-            uprobes = self._probes.attach_openssl(f.host_path(pid), found.openssl)
+            uprobes = attach(f.host_path(pid), offsets)
         except BpfError as exc:
             self.stats.attach_failures += 1
-            log.warning("cannot attach the OpenSSL probes", file=f.path, pid=pid, error=str(exc))
+            log.warning(f"cannot attach the {what} probes", file=f.path, pid=pid, error=str(exc))
             return False
         self._attached[f.id] = _Attached(uprobes, set())
-        log.info("OpenSSL probes attached", file=f.path, pid=pid, functions=sorted(found.openssl))
+        log.info(f"{what} probes attached", file=f.path, pid=pid, functions=sorted(offsets))
         return True
 
     def _release(self, pid: int, fids: set[FileId]) -> None:
@@ -364,5 +396,5 @@ class Discovery:
             attached = self._attached.pop(oldest)
             assert self._probes is not None
             self._probes.detach(attached.uprobes)
-            log.debug("OpenSSL probes detached", file=attached.uprobes.path)
+            log.debug("uprobes detached", file=attached.uprobes.path)
 

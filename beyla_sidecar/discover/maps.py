@@ -5,11 +5,17 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 FileId = tuple[int, int]  # (device, inode): one library file, however many paths lead to it
 DELETED = " (deleted)"
 TCP_LISTEN = "0A"
+CACHE_FILES = 4096
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +118,23 @@ def own_namespace_tgid(pid: int) -> int:
             if line.startswith("NSpid:"):
                 return int(line.split()[-1])
     return pid  # kernels before 4.1 have no NSpid: no nesting visible either
+
+
+class FileCache(Generic[T]):
+    """What `classify(path, *args)` said of each file (by id), for the most recent CACHE_FILES
+    files: a file is looked into once, whatever the number of processes mapping it."""
+
+    def __init__(self, classify: Callable[..., T]) -> None:
+        self._classify = classify
+        self._by_id: OrderedDict[FileId, T] = OrderedDict()
+
+    def get(self, fid: FileId, path: str, *args: object) -> T:
+        found = self._by_id.get(fid)
+        if found is None:
+            found = self._by_id[fid] = self._classify(path, *args)
+            if len(self._by_id) > CACHE_FILES:
+                self._by_id.popitem(last=False)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._by_id)

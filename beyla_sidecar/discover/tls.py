@@ -18,15 +18,10 @@ from __future__ import annotations
 
 import mmap
 import re
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..bpf.strategy import OPENSSL_REQUIRED, OPENSSL_SYMBOLS
 from .elf import Elf, ElfError, open_elf
-from .maps import FileId
-
-CACHE_FILES = 4096
 
 # Shared libraries of TLS stacks we do not probe, by file name; True: an alternative to
 # OpenSSL that may be mapped without being used.
@@ -85,22 +80,3 @@ def classify(path: str, display_path: str, is_executable: bool) -> TlsFile:
     except (OSError, ElfError, ValueError):
         pass
     return NOT_TLS
-
-
-class TlsFiles:
-    """classify() results by file id, the most recent CACHE_FILES files."""
-
-    def __init__(self, classify_fn: Callable[[str, str, bool], TlsFile] = classify) -> None:
-        self._classify = classify_fn
-        self._by_id: OrderedDict[FileId, TlsFile] = OrderedDict()
-
-    def get(self, fid: FileId, path: str, display_path: str, is_executable: bool) -> TlsFile:
-        found = self._by_id.get(fid)
-        if found is None:
-            found = self._by_id[fid] = self._classify(path, display_path, is_executable)
-            if len(self._by_id) > CACHE_FILES:
-                self._by_id.popitem(last=False)
-        return found
-
-    def __len__(self) -> int:
-        return len(self._by_id)

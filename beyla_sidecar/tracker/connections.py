@@ -11,6 +11,9 @@ and gives each exchange its trace identity:
   its parent's (the parent is only sent when its connection's next request begins, it
   closes, or it goes idle), so children wait for their parent up to PARENT_WAIT_NS, then
   go out as roots;
+- on an asyncio event loop, a client exchange is rather the child of the server exchange its
+  Task (or a Task that created it) answered (tasks.py), waiting up to PARENT_WAIT_NS for that
+  answer before it falls back to the kernel's parent;
 - with propagation (BEYLA_BPF_CONTEXT_PROPAGATION) the kernel gives a server exchange its trace
   id (or the caller's context from a TCP option) and a client exchange the ids it wrote into the
   request: the spans take them, so that the callee's server span is the client span's child.
@@ -30,12 +33,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..bpf.events import FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, H2Chunk, Role
+from ..bpf.events import FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, H2Chunk, Role
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from ..protocols.http2 import HTTP2, StreamDone
 from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
 from .exchange import Exchange
+from .tasks import TaskParents
 
 # Exchanges of a connection no protocol recognises before it is given up as unrecognised.
 DETECT_ATTEMPTS = 3
@@ -98,6 +102,7 @@ class Tracker:
         self._swept: dict[int, int] = {}  # sock_id -> req_start_ns of the exchange ended idle
         self._parents: dict[tuple[int, int], TraceContext] = {}  # insertion order: oldest first
         self._waiting: dict[tuple[int, int], list[tuple[int, Connection, ExchangeRecord, Parsed]]] = {}
+        self._task_parents: TaskParents[tuple[Connection, ExchangeRecord, Parsed]] = TaskParents()
         self._logged: set[tuple[int, int]] = set()  # (pid, port) of unrecognised traffic, logged once
         self._per_pid: dict[int, int] = {}  # host pid -> its open connections
         self.stats = TrackerStats()
@@ -108,7 +113,7 @@ class Tracker:
     @property
     def waiting(self) -> int:
         """Client exchanges waiting for their parent's record."""
-        return sum(len(v) for v in self._waiting.values())
+        return sum(len(v) for v in self._waiting.values()) + len(self._task_parents)
 
     def handle(self, ev: Event, excluded: bool = False) -> None:
         """A CONN_OPEN or CONN_CLOSE event. `excluded`: a connection of a process the selection
@@ -175,10 +180,14 @@ class Tracker:
         return next((p for p in self._protocols if p.detect(rec.request, rec.response)), None)
 
     def expire(self, now_ns: int) -> None:
-        """Children whose parent never came: out as roots."""
+        """Children whose parent never came: out as roots; calls no Task of theirs answered
+        for: children of the kernel's parent if its record came, else roots."""
         for key in [k for k, v in self._waiting.items() if v[0][0] <= now_ns]:
             for _, c, rec, parsed in self._waiting.pop(key):
-                self._finish(c, rec, parsed, client_context(None, self._sampler, rec.trace_id, rec.span_id))
+                self._finish_child(c, rec, parsed, None)
+        if self._task_parents:
+            for c, rec, parsed in self._task_parents.expired(now_ns):
+                self._finish_child(c, rec, parsed, self._parents.get(rec.parent) if rec.parent else None)
 
     def has_connections(self, pid: int) -> bool:
         """Does the process (host pid) still have open connections?"""
@@ -270,14 +279,29 @@ class Tracker:
             self._finish(c, rec, parsed, ctx)
             if self._waiting:
                 for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
-                    self._finish(child, child_rec, child_parsed,
-                                 client_context(ctx, self._sampler, child_rec.trace_id, child_rec.span_id))
+                    self._finish_child(child, child_rec, child_parsed, ctx)
+            if rec.tasks:
+                for child, child_rec, child_parsed in self._task_parents.answered(
+                        rec.pid, rec.tasks[0], rec.req_start_ns, rec.resp_start_ns, ctx):
+                    self._finish_child(child, child_rec, child_parsed, ctx)
+            return
+        # a context the kernel wrote into the request names the kernel's parent: keep it
+        if rec.tasks and not rec.flags & FLAG_CONTEXT:
+            ctx = self._task_parents.find(rec.pid, rec.tasks, rec.req_start_ns)
+            if ctx is None:
+                self._task_parents.wait(rec.pid, rec.tasks, rec.req_start_ns, rec.req_start_ns + PARENT_WAIT_NS,
+                                        (c, rec, parsed))
+            else:
+                self._finish_child(c, rec, parsed, ctx)
             return
         parent = self._parents.get(rec.parent) if rec.parent else None
         if rec.parent and parent is None:
             wait = self._waiting.setdefault(rec.parent, [])
             wait.append((rec.req_start_ns + PARENT_WAIT_NS, c, rec, parsed))
             return
+        self._finish_child(c, rec, parsed, parent)
+
+    def _finish_child(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, parent: TraceContext | None) -> None:
         self._finish(c, rec, parsed, client_context(parent, self._sampler, rec.trace_id, rec.span_id))
 
     def _detect(self, c: Connection, rec: ExchangeRecord) -> bool:

@@ -31,12 +31,13 @@ LAYOUT_C = r"""
 #define X(m) printf("exec_event.%s %zu\n", #m, offsetof(struct exec_event, m));
 #define H(m) printf("h2_chunk.%s %zu\n", #m, offsetof(struct h2_chunk, m));
 int main(void) {
-    printf("conn_event %zu\nreq_max %d\nresp_max %d\ntp %d\n", sizeof(struct conn_event),
-           REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, TRACEPARENT_CAPTURE);
+    printf("conn_event %zu\nreq_max %d\nresp_max %d\ntp %d\ntask_chain %d\n", sizeof(struct conn_event),
+           REQ_CAPTURE_MAX, RESP_CAPTURE_MAX, TRACEPARENT_CAPTURE, TASK_CHAIN);
     C(type) C(role) C(flags) C(pid) C(tid) C(ns_pid) C(ns_tid) C(ts_ns) C(sock_id) C(tuple) C(comm)
     E(type) E(flags) E(role) E(end) E(pid) E(ns_pid) E(tid) E(sock_id) E(req_start_ns) E(req_end_ns)
     E(resp_start_ns) E(resp_end_ns) E(req_bytes) E(resp_bytes) E(parent_sock) E(parent_start)
-    E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(trace_id) E(span_id) E(traceparent) E(data)
+    E(req_head) E(resp_head) E(req_len) E(resp_len) E(resp_off) E(trace_id) E(span_id) E(tasks) E(traceparent)
+    E(data)
     X(exe) X(path_len) X(path)
     H(type) H(flags) H(role) H(recv) H(pid) H(ns_pid) H(tid) H(sock_id) H(ts_ns) H(seq) H(moved) H(len) H(data)
     printf("h2_max %d\nEVENT_H2_CHUNK %d\nCOUNTER_H2_DROPS %d\n", H2_CHUNK_MAX, EVENT_H2_CHUNK, COUNTER_H2_DROPS);
@@ -77,9 +78,9 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
     assert out["conn_event"] == CONN_EVENT.size == 96
     assert [out[f"conn_event.{m}"] for m in ("type", "role", "flags", "pid", "tid", "ns_pid", "ns_tid", "ts_ns",
                                              "sock_id", "tuple", "comm")] == [0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 80]
-    assert (out["exchange.trace_id"], out["exchange.span_id"]) == (104, 120)
-    assert out["exchange.traceparent"] == EXCHANGE.size == 128
-    assert out["exchange.data"] == EXCHANGE_DATA == 128 + out["tp"] == 128 + events.TRACEPARENT_CAPTURE
+    assert (out["exchange.trace_id"], out["exchange.span_id"], out["exchange.tasks"]) == (104, 120, 128)
+    assert out["exchange.traceparent"] == EXCHANGE.size == 128 + 8 * out["task_chain"] == 160
+    assert out["exchange.data"] == EXCHANGE_DATA == 160 + out["tp"] == 160 + events.TRACEPARENT_CAPTURE
     assert [out[f"exchange.{m}"] for m in ("sock_id", "req_start_ns", "resp_bytes", "parent_sock", "req_head",
                                            "req_len", "resp_off")] == [16, 24, 64, 72, 88, 96, 100]
     assert (out["req_max"], out["resp_max"]) == (events.REQ_CAPTURE_MAX, events.RESP_CAPTURE_MAX)
@@ -106,7 +107,7 @@ def test_record_layouts_match_beyla_h(tmp_path: Path) -> None:
 def test_kernel_state_layouts_match_the_object_btf() -> None:
     size, members = btf_struct("exchange")
     assert members["traceparent"] == EXCHANGE.size and members["data"] == EXCHANGE_DATA
-    assert (members["trace_id"], members["span_id"]) == (104, 120)
+    assert (members["trace_id"], members["span_id"], members["tasks"]) == (104, 120, 128)
     assert size == EXCHANGE_DATA + events.REQ_CAPTURE_MAX + events.RESP_CAPTURE_MAX
     size, members = btf_struct("conn_state")
     assert members["rec"] == CONN_STATE.size == 24 and members["phase"] == 0 and members["tp_len"] == 16
@@ -118,9 +119,10 @@ def test_kernel_state_layouts_match_the_object_btf() -> None:
 
 def exchange_record(request: bytes = b"GET / HTTP/1.1\r\n\r\n", response: bytes = b"HTTP/1.1 200 OK\r\n\r\n",
                     flags: int = 0, end: int = 1, role: int = 1, resp_off: int = 256,
-                    traceparent: bytes = b"", ids: tuple[bytes, bytes] = (b"", b"")) -> bytes:
+                    traceparent: bytes = b"", ids: tuple[bytes, bytes] = (b"", b""),
+                    tasks: tuple[int, int, int, int] = (0, 0, 0, 0)) -> bytes:
     head = EXCHANGE.pack(EventType.EXCHANGE, flags, role, end, 1000, 7, 1001, 0xFFFF8881, 10, 20, 30, 40,
-                         5000, 6000, 0xAB, 5, 18, 19, len(request), len(response), resp_off, *ids)
+                         5000, 6000, 0xAB, 5, 18, 19, len(request), len(response), resp_off, *ids, *tasks)
     data = bytearray(resp_off + 64)
     data[:len(request)] = request
     data[resp_off:resp_off + len(response)] = response
@@ -135,6 +137,7 @@ def test_decode_exchange_record() -> None:
                                  5000, 6000, (0xAB, 5), 18, 19, b"GET / HTTP/1.1\r\n\r\n",
                                  b"HTTP/1.1 200 OK\r\n\r\n", b"traceparent: 00-abc".ljust(events.TRACEPARENT_CAPTURE, b"\0"))
     assert rec.tls and rec.key == (0xFFFF8881, 10) and (rec.trace_id, rec.span_id) == (0, 0)
+    assert rec.tasks == ()
     assert decode_exchange(exchange_record(), End.SWEEP).end is End.SWEEP  # type: ignore[union-attr]
 
 
@@ -144,6 +147,18 @@ def test_decode_kernel_context() -> None:
     assert rec is not None and (rec.trace_id, rec.span_id) == (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331)
     ignored = decode_exchange(exchange_record(ids=ids))  # no FLAG_CONTEXT: stale bytes, not ids
     assert ignored is not None and (ignored.trace_id, ignored.span_id) == (0, 0)
+
+
+def test_decode_task_chain() -> None:
+    """The Tasks up to the first unknown one, innermost first."""
+    chain = decode_exchange(exchange_record(role=2, tasks=(0x7f10, 0x7f20, 0x7f30, 0)))
+    assert chain is not None and chain.tasks == (0x7f10, 0x7f20, 0x7f30)
+    cut = decode_exchange(exchange_record(role=2, tasks=(0x7f10, 0, 0x7f30, 0x7f40)))
+    assert cut is not None and cut.tasks == (0x7f10,)
+    full = decode_exchange(exchange_record(role=2, tasks=(1, 2, 3, 4)))
+    assert full is not None and full.tasks == (1, 2, 3, 4)
+    none = decode_exchange(exchange_record(role=2, tasks=(0, 2, 3, 4)))
+    assert none is not None and none.tasks == ()
 
 
 def test_malformed_exchange_records_are_rejected() -> None:

@@ -3,6 +3,7 @@ outside: pids are host pids), with the probes replaced by a recorder."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from beyla_sidecar.bpf.events import NO_TUPLE, Event, EventType, Role
-from beyla_sidecar.discover.lifecycle import Discovery
+from beyla_sidecar.discover.asyncio_hooks import ASYNCIO_HOOKS, classify_asyncio
+from beyla_sidecar.discover.lifecycle import ASYNCIO_PATTERNS, Discovery
 from beyla_sidecar.discover.maps import executable_files, listening_ports, own_namespace_tgid
 from beyla_sidecar.discover.selection import Selector
 
@@ -25,17 +27,20 @@ pytestmark = pytest.mark.bpf  # pods: PID namespaces (unshare) need root
 SSL_APP = "import socket, ssl, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); " \
           "print(s.getsockname()[1], flush=True); sys.stdin.read()"
 PLAIN_APP = "import sys; print(0, flush=True); sys.stdin.read()"
+ASYNCIO_APP = "import asyncio, sys; print(0, flush=True); sys.stdin.read()"
 
 
 class FakeUprobes:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tls: bool = True) -> None:
         self.path = path
+        self.tls = tls
 
 
 class RecordingProbes:
     def __init__(self) -> None:
         self.allowed: set[int] = set()
         self.attached: list[str] = []
+        self.asyncio: list[str] = []
         self.detached: list[str] = []
 
     def allow_process(self, ns_tgid: int) -> None:
@@ -48,6 +53,11 @@ class RecordingProbes:
         assert {"SSL_read", "SSL_write"} <= offsets.keys()
         self.attached.append(path)
         return FakeUprobes(path)
+
+    def attach_asyncio(self, path: str, offsets: dict[str, int]) -> FakeUprobes:
+        assert offsets.keys() == set(ASYNCIO_HOOKS)
+        self.asyncio.append(path)
+        return FakeUprobes(path, tls=False)
 
     def detach(self, uprobes: FakeUprobes) -> None:
         self.detached.append(uprobes.path)
@@ -103,6 +113,26 @@ def test_one_attachment_per_library_file_and_none_left_after_exits(pod: Pod) -> 
     time.sleep(0.1)
     d.sweep()  # an exit whose event was lost
     assert len(d) == 1
+
+
+def test_asyncio_modules_attached_ahead_and_when_mapped(pod: Pod) -> None:
+    """The pod's standard _asyncio files are attached at its first process; another one (this
+    interpreter's, under pyenv) when a process maps it; each once, and apart from OpenSSL's."""
+    import _asyncio
+
+    ahead = sorted(p for pattern in ASYNCIO_PATTERNS for p in glob.glob(f"/{pattern}") if classify_asyncio(p, p))
+    a, b = App(pod, ASYNCIO_APP), App(pod, ASYNCIO_APP)
+    probes = RecordingProbes()
+    d = Discovery(Selector(), pod.ns_inode, os.getpid())
+    d.start(probes)
+    mine = os.path.realpath(_asyncio.__file__)
+    shown = [path.split("/root", 1)[1] for path in probes.asyncio]  # /proc/<pid>/root<path>
+    assert sorted(shown) == sorted({*ahead, mine})
+    assert d.asyncio_files == len(shown) and d.tls_files == len(probes.attached)
+    for app in (a, b):
+        app.stop()
+    d.sweep()
+    assert probes.detached == [] and d.asyncio_files == len(shown)  # idle, still attached
 
 
 def test_selection_by_executable_and_port(pod: Pod) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from beyla_sidecar.bpf.strategy import OPENSSL_SYMBOLS
 from beyla_sidecar.discover.elf import ElfError, open_elf
-from beyla_sidecar.discover.tls import NOT_TLS, TlsFiles, classify
+from beyla_sidecar.discover.maps import FileCache
+from beyla_sidecar.discover.tls import NOT_TLS, TlsFile, classify
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
 STATIC_C = Path(__file__).resolve().parents[1] / "e2e" / "apps" / "static_client.c"
@@ -89,7 +90,7 @@ def test_not_elf(tmp_path: Path) -> None:
 
 def test_files_are_classified_once_per_id() -> None:
     calls = []
-    files = TlsFiles(lambda path, shown, exe: calls.append(path) or NOT_TLS)
+    files: FileCache[TlsFile] = FileCache(lambda path, shown, exe: calls.append(path) or NOT_TLS)
     for path in ("/proc/1/root/lib/x.so", "/proc/2/root/lib/x.so"):
         assert files.get((1, 42), path, "/lib/x.so", False) is NOT_TLS
     assert calls == ["/proc/1/root/lib/x.so"] and len(files) == 1

@@ -23,12 +23,13 @@ def conn_event(etype: EventType, sock: int, role: Role = Role.SERVER, conn: Conn
 
 def exchange(sock: int, start: int, request: bytes = REQ, response: bytes | None = RESP, *,
              role: Role = Role.SERVER, parent: tuple[int, int] | None = None, tid: int = PID + 1,
-             pid: int = PID, tls: bool = False, end: End = End.NEXT_REQUEST) -> ExchangeRecord:
+             pid: int = PID, tls: bool = False, end: End = End.NEXT_REQUEST, flags: int = 0,
+             tasks: tuple[int, ...] = ()) -> ExchangeRecord:
     """One exchange on socket `sock` whose request began at `start` (request until start+10,
     response from start+20 to start+30; response None: none came). Small messages: the
     heads are in the prefixes, for user space to find."""
     resp = b"" if response is None else response
     return ExchangeRecord(
-        sock, pid, ns_pid(pid), tid, role, end, FLAG_TLS if tls else 0,
+        sock, pid, ns_pid(pid), tid, role, end, flags | (FLAG_TLS if tls else 0),
         start, start + 10, 0 if response is None else start + 20, 0 if response is None else start + 30,
-        len(request), len(resp), parent, 0, 0, request[:REQ_PREFIX], resp[:RESP_PREFIX], b"")
+        len(request), len(resp), parent, 0, 0, request[:REQ_PREFIX], resp[:RESP_PREFIX], b"", tasks=tasks)
