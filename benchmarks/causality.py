@@ -2,7 +2,7 @@
 requests at once, does a frontend's outgoing call get the server span of the request that caused
 it as its parent?
 
-In one pod: a backend (apps/causality_apps.py, thread per request) that answers /b/<id> after
+In one pod: a backend (tests/e2e/apps/causality_apps.py, thread per request) that answers /b/<id> after
 BACKEND_DELAY_MS with the id, and a frontend that answers /f/<id> by calling /b/<id>. Frontends:
 uvicorn (ASGI) + httpx.AsyncClient, aiohttp server + aiohttp.ClientSession, nginx proxy_pass
 (one worker), and a ThreadingHTTPServer + http.client as the thread-per-request control. A load
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import asdict, dataclass, field
 
-from .common import APPS, LOOPBACK, Context, Pod, Sidecar, free_port, log, wait_port
+from .common import LOOPBACK, ROOT, Context, Pod, Sidecar, free_port, log, wait_port
 from .results_model import Section, at_least
 
 FRONTENDS = {  # key: what the table calls it
@@ -42,6 +42,7 @@ WARM_UP = 5             # requests before the measured ones (the sidecar sees th
 SETTLE = 1.5            # s after a load: the last exchanges end idle (500 ms) and are swept (250 ms)
 GOAL = 95               # issue 11: right parents per 100 client spans for the event loops at 20
 GOAL_APPS = ("uvicorn", "aiohttp")
+CAUSALITY_APPS = ROOT / "tests" / "e2e" / "apps" / "causality_apps.py"  # shared with tests/e2e/test_event_loops.py
 SERVER, CLIENT = 2, 3   # OTLP SpanKind
 
 NGINX_CONF = """
@@ -220,7 +221,8 @@ def drive(port: int, ids: Sequence[str], concurrency: int) -> int:
 
 # ---------------------------------------------------------------- apps
 
-def start_frontend(pod: Pod, kind: str, backend_port: int) -> int:
+def start_frontend(pod: Pod, kind: str, backend_port: int) -> tuple[int, int]:
+    """The frontend's port and host pid."""
     port = free_port()
     if kind == "nginx":
         workdir = pod.dir / f"nginx-{port}"
@@ -229,8 +231,17 @@ def start_frontend(pod: Pod, kind: str, backend_port: int) -> int:
         conf.write_text(NGINX_CONF.format(dir=workdir, port=port, backend=backend_port))
         argv = ["nginx", "-c", str(conf)]
     else:
-        argv = [sys.executable, str(APPS / "causality_apps.py"), kind, str(port), str(backend_port)]
-    pod.spawn(argv, stdout=subprocess.DEVNULL)
+        argv = [sys.executable, str(CAUSALITY_APPS), kind, str(port), str(backend_port)]
+    _, pid = pod.spawn(argv, stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return port, pid
+
+
+def start_backend(pod: Pod) -> int:
+    """The backend (thread per request, BACKEND_DELAY_MS per answer); its port."""
+    port = free_port()
+    pod.spawn([sys.executable, str(CAUSALITY_APPS), "backend", str(port), str(BACKEND_DELAY_MS)],
+              stdout=subprocess.DEVNULL)
     wait_port(port)
     return port
 
@@ -239,11 +250,7 @@ def one_run(ctx: Context, collector: Collector, kind: str, run: int) -> dict[int
     """A pod with the backend and one frontend, a fresh sidecar, the load at every concurrency."""
     pod = Pod(f"causality-{kind}-{run}", ctx.settings.tmp)
     try:
-        backend_port = free_port()
-        pod.spawn([sys.executable, str(APPS / "causality_apps.py"), "backend", str(backend_port),
-                   str(BACKEND_DELAY_MS)], stdout=subprocess.DEVNULL)
-        wait_port(backend_port)
-        port = start_frontend(pod, kind, backend_port)
+        port, _ = start_frontend(pod, kind, start_backend(pod))
         sidecar = Sidecar(pod, collector.endpoint)
         ctx.ready_seconds.append(sidecar.ready_seconds)
         ctx.sidecars.append(sidecar)
@@ -269,7 +276,7 @@ def one_run(ctx: Context, collector: Collector, kind: str, run: int) -> dict[int
 
 def method(runs: int) -> str:
     return (
-        f"In one pod, a backend (benchmarks/apps/causality_apps.py, ThreadingHTTPServer) answers /b/<id> after "
+        f"In one pod, a backend (tests/e2e/apps/causality_apps.py, ThreadingHTTPServer) answers /b/<id> after "
         f"{BACKEND_DELAY_MS} ms with the id, and a frontend answers /f/<id> by calling /b/<id>: uvicorn (ASGI, "
         "h11, asyncio loop) with one shared httpx.AsyncClient; aiohttp.web with one shared aiohttp.ClientSession; "
         "nginx (one worker) with proxy_pass (a new upstream connection per request); ThreadingHTTPServer with "

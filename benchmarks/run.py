@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import agent, app_overhead, causality, grpc_cost, node_cost, profile, redis_cost, sidecar_cost, startup
+from . import agent, app_overhead, asyncio_cost, causality, grpc_cost, node_cost, profile, redis_cost, sidecar_cost, startup
 from .common import Context, Receiver, Settings, log
 from .results_model import Section, as_json, markdown
 
@@ -33,6 +33,7 @@ MEASUREMENTS = {
     "profile": profile.measure,
     "redis_cost": redis_cost.measure,
     "causality": causality.measure,
+    "asyncio_cost": asyncio_cost.measure,
     "grpc_cost": grpc_cost.measure,
 }
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -383,6 +383,11 @@ class Config:
         "HTTP/1.x requests that have none), `tcp` (a TCP header option, OBI's layout: any TCP protocol, "
         "TLS too), `all` (both) or `disabled`. Needs CAP_NET_ADMIN and the pod's cgroup (BEYLA_CGROUP2_MOUNT).",
         _choice("disabled", "headers", "tcp", "all"))
+    asyncio_tasks: bool = _env(
+        "BEYLA_ASYNCIO_TASKS", "true",
+        "Uprobes on CPython 3.8-3.11's `_asyncio` module (found stripped or not) tell which asyncio Task "
+        "made each call, so that on an event loop serving many requests at once a call is the child of "
+        "the request whose handler made it. false: the thread's order of requests alone decides.", _bool)
     cgroup2_mount: str = _env(
         "BEYLA_CGROUP2_MOUNT", "/sys/fs/cgroup",
         "Where a cgroup2 filesystem showing the pod's cgroup is mounted (the node's, read-only is enough): "

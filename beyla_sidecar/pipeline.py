@@ -128,7 +128,8 @@ class Pipeline:
         # identifies our own process; elsewhere only the host pid is meaningful here.
         self._same_ns = self.target_ns == own_pid_namespace()
         self._self_pid = os.getpid()
-        self.discovery = Discovery(Selector(cfg.executable_name, cfg.open_ports), self.target_ns, self._self_pid)
+        self.discovery = Discovery(Selector(cfg.executable_name, cfg.open_ports), self.target_ns, self._self_pid,
+                                   asyncio_tasks=cfg.asyncio_tasks)
         self.ready = threading.Event()
 
     def on_record(self, record: bytes | memoryview) -> None:
@@ -231,6 +232,7 @@ class Pipeline:
             metric_exports_abandoned=push.abandoned if push else 0,
             instrumented_processes=self.discovery.instrumented_processes,
             tls_libraries=self.discovery.tls_files,
+            asyncio_modules=self.discovery.asyncio_files,
             unsupported_tls=dict(self.discovery.stats.unsupported_tls),
             probe_attach_failures=self.discovery.stats.attach_failures,
             route_overflows=dict(self.routes.overflows),

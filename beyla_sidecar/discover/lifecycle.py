@@ -108,8 +108,9 @@ def _running(pid: int) -> bool:
 class Discovery:
     """Not thread-safe: driven by the pipeline's thread."""
 
-    def __init__(self, selector: Selector, target_ns: int, own_pid: int) -> None:
+    def __init__(self, selector: Selector, target_ns: int, own_pid: int, asyncio_tasks: bool = True) -> None:
         self.selector = selector
+        self._asyncio_tasks = asyncio_tasks  # attach the _asyncio files
         self.stats = DiscoveryStats()
         self._target_ns = target_ns
         self._own_pid = own_pid
@@ -279,7 +280,9 @@ class Discovery:
         # (unless the probes made its selection).
         self._select(pid, proc, selected, sync=new, write=pid not in self._by_kernel)
         exe_file = next((f for f in files if f.path == exe), None)
-        wanted = (self._tls(pid, files, exe_file) | self._asyncio(pid, files)) if selected else set()
+        wanted = set()
+        if selected:
+            wanted = self._tls(pid, files, exe_file) | (self._asyncio(pid, files) if self._asyncio_tasks else set())
         self._release(pid, proc.files - wanted)
         for fid in wanted - proc.files:
             self._attached[fid].users.add(pid)
@@ -305,7 +308,7 @@ class Discovery:
             if f.id in self._attached:
                 continue
             found = self._tls_files.get(f.id, path, f.path, False)
-            hooks = self._asyncio_files.get(f.id, path, f.path)
+            hooks = self._asyncio_files.get(f.id, path, f.path) if self._asyncio_tasks else {}
             if (found.openssl and self._attach_openssl(f, pid, found)) or (hooks and self._attach_asyncio(f, pid, hooks)):
                 self._make_idle(f.id)
 

@@ -33,6 +33,7 @@ class SelfStats:
     metric_exports_abandoned: int = 0
     instrumented_processes: int = 0
     tls_libraries: int = 0  # OpenSSL files with uprobes attached
+    asyncio_modules: int = 0  # CPython _asyncio files with uprobes attached
     unsupported_tls: dict[str, int] = field(default_factory=dict)  # executables by TLS stack we cannot trace
     probe_attach_failures: int = 0
     route_overflows: dict[str, int] = field(default_factory=dict)  # by service
@@ -114,6 +115,8 @@ def families(s: SelfStats, process: psutil.Process) -> list[Family]:
         _gauge("instrumented_processes", "Live processes of the pod selected for instrumentation.",
                s.instrumented_processes),
         _gauge("tls_libraries", "OpenSSL library files with uprobes attached.", s.tls_libraries),
+        _gauge("asyncio_modules", "CPython _asyncio module files with uprobes attached (BEYLA_ASYNCIO_TASKS).",
+               s.asyncio_modules),
         _counter_by("unsupported_tls", "Executables using a TLS stack the sidecar cannot trace "
                     "(their HTTPS is not seen).", "stack", s.unsupported_tls),
         _counter("probe_attach_failures", "Probes that could not be attached.", s.probe_attach_failures),
