@@ -16,6 +16,7 @@ tells apart Tasks that reused an address, as it does two requests of one long-li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .context import TraceContext
@@ -65,20 +66,8 @@ class TaskParents(Generic[T]):
         spans.append((start_ns, end_ns, ctx))
         if len(spans) > ANSWERS_PER_TASK:
             del spans[0]
-        waiters = self._waiting.pop(key, None)
-        if not waiters:
-            return []
         out: list[T] = []
-        keep = []
-        for w in waiters:
-            if w.item is None:
-                continue
-            if start_ns <= w.start_ns <= end_ns:
-                out.append(w.item)
-                w.item = None
-                self._count -= 1
-            else:
-                keep.append(w)
+        keep = self._take(self._waiting.pop(key, []), lambda w: start_ns <= w.start_ns <= end_ns, out)
         if keep:
             self._waiting[key] = keep
         return out
@@ -93,7 +82,7 @@ class TaskParents(Generic[T]):
         return None
 
     def wait(self, pid: int, chain: tuple[int, ...], start_ns: int, deadline: int, item: T) -> None:
-        """Hold `item` until a Task of its chain answers (answered() yields it) or the deadline
+        """Hold `item` until a Task of its chain answers (answered() returns it) or the deadline
         passes (expired() does)."""
         w = _Waiter(deadline, start_ns, item)
         for task in chain:
@@ -104,18 +93,24 @@ class TaskParents(Generic[T]):
         """The calls whose deadline passed with no answer."""
         out: list[T] = []
         for key in list(self._waiting):
-            keep = []
-            for w in self._waiting[key]:
-                if w.item is None:
-                    continue
-                if w.deadline <= now_ns:
-                    out.append(w.item)
-                    w.item = None
-                    self._count -= 1
-                else:
-                    keep.append(w)
+            keep = self._take(self._waiting[key], lambda w: w.deadline <= now_ns, out)
             if keep:
                 self._waiting[key] = keep
             else:
                 del self._waiting[key]
         return out
+
+    def _take(self, waiters: list[_Waiter[T]], due: Callable[[_Waiter[T]], bool], out: list[T]) -> list[_Waiter[T]]:
+        """The items of the unresolved `due` waiters onto `out` (resolved now); the other
+        unresolved waiters."""
+        keep = []
+        for w in waiters:
+            if w.item is None:
+                continue
+            if due(w):
+                out.append(w.item)
+                w.item = None
+                self._count -= 1
+            else:
+                keep.append(w)
+        return keep
