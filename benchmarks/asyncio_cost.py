@@ -110,7 +110,8 @@ def measure(ctx: Context) -> Section:
     sec.add("aio_runs", "Asyncio program runs per request", "runs", [r["aio_runs"] for r in per["on"]])
     step_on, step_off = (statistics.median(per_step[m]) for m in ("on", "off"))
     on, off = (statistics.median(r["app_cpu_us"] for r in per[m]) for m in ("on", "off"))
-    sec.notes.append(f"CPU per Task step, on − off (medians): {step_on - step_off:+.2f} µs (×{step_on / step_off:.2f}); "
+    sec.notes.append(f"CPU per Task step, on − off (medians): {step_on - step_off:+.2f} µs "
+                     f"(×{step_on / step_off:.2f}); "
                      f"frontend CPU per request, on / off (medians): ×{on / off:.3f} ({on - off:+.1f} µs).")
     sec.raw = {"requests": per, "steps": per_step}
     return sec

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import agent, app_overhead, asyncio_cost, causality, grpc_cost, node_cost, profile, redis_cost, sidecar_cost, startup
+from . import (agent, app_overhead, asyncio_cost, causality, grpc_cost, node_cost, profile, redis_cost, sidecar_cost,
+               startup)
 from .common import Context, Receiver, Settings, log
 from .results_model import Section, as_json, markdown
 

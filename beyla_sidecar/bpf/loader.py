@@ -26,7 +26,8 @@ from .features import UPROBE_MULTI, KernelFeatures, UprobeSupport, probe_feature
 from .libbpf import BpfError
 from .propagation import MODES, Propagation
 from .ring import RecordHandler, RingReader
-from .strategy import ASYNCIO_UPROBES, OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, Uprobe, by_name
+from .strategy import (ASYNCIO_UPROBES, OBJECT_NAME, OPENSSL_UPROBES, STRATEGIES, UPROBE_PROGRAMS, Strategy, Uprobe,
+                       by_name)
 
 DEFAULT_REQ_CAPTURE = 256
 DEFAULT_RESP_CAPTURE = 256

@@ -4,13 +4,13 @@ task_init: _asyncio_Task___init__, tp_init of the type "_asyncio.Task";
 task_step: TaskStepMethWrapper_call, tp_call of the type "TaskStepMethWrapper";
 task_wakeup: task_wakeup, ml_meth of the PyMethodDef "task_wakeup".
 
-They are static functions, named only in .symtab, which distributions strip from
-lib-dynload. CPython 3.8-3.11 define the module's types as static PyTypeObjects, so the
-functions remain reachable through the data: the struct whose name field points at the
-string holds the function pointer at a fixed offset. That path is taken even when symbols are
-there: finding the structs as 3.8-3.11 lay them out is what says the probes' reading of the
-functions' arguments holds (3.12 made the types heap types and changed the Task step). A pointer is read as the file stores
-it: the addend of a RELATIVE dynamic relocation in a PIE or shared object, the 8 bytes
+They are static functions, named only in .symtab, which distributions strip from lib-dynload.
+CPython 3.8-3.11 define the module's types as static PyTypeObjects, so the functions remain
+reachable through the data: the struct whose name field points at the string holds the function
+pointer at a fixed offset. That path is taken even when symbols are there: finding the structs
+as 3.8-3.11 lay them out is what says the probes' reading of the functions' arguments holds
+(3.12 made the types heap types and changed the Task step). A pointer is read as the file
+stores it: the addend of a RELATIVE dynamic relocation in a PIE or shared object, the 8 bytes
 themselves in a non-PIE executable or under packed (RELR) relocations.
 """
 

@@ -282,7 +282,9 @@ class Discovery:
         exe_file = next((f for f in files if f.path == exe), None)
         wanted = set()
         if selected:
-            wanted = self._tls(pid, files, exe_file) | (self._asyncio(pid, files) if self._asyncio_tasks else set())
+            wanted = self._tls(pid, files, exe_file)
+            if self._asyncio_tasks:
+                wanted |= self._asyncio(pid, files)
         self._release(pid, proc.files - wanted)
         for fid in wanted - proc.files:
             self._attached[fid].users.add(pid)
@@ -309,7 +311,8 @@ class Discovery:
                 continue
             found = self._tls_files.get(f.id, path, f.path, False)
             hooks = self._asyncio_files.get(f.id, path, f.path) if self._asyncio_tasks else {}
-            if (found.openssl and self._attach_openssl(f, pid, found)) or (hooks and self._attach_asyncio(f, pid, hooks)):
+            attached = found.openssl and self._attach_openssl(f, pid, found)
+            if attached or (hooks and self._attach_asyncio(f, pid, hooks)):
                 self._make_idle(f.id)
 
     def _select(self, pid: int, proc: _Process, selected: bool, sync: bool = False, write: bool = True) -> None:
