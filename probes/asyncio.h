@@ -16,7 +16,7 @@
 #define SW_TASK_OFFSET 16
 
 /* Key 0: _asyncio files probed now (user space keeps it). While 0, the exchange probes skip
- * the Task lookups: an array lookup is inlined, a hash lookup is not. */
+ * the Task lookups (asyncio_probed): an array lookup is inlined, a hash lookup is not. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -65,16 +65,20 @@ struct {
 	__type(value, struct task_steps);
 } task_steps_map SEC(".maps");
 
+static __always_inline bool asyncio_probed(void)
+{
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&asyncio_files, &zero);
+
+	return n && *n;
+}
+
 /* The Task whose step runs on the thread now; 0: none (or nested too deep to know). */
 static __always_inline __u64 running_task(__u32 tid)
 {
-	struct task_steps *s;
-	__u32 zero = 0, *probed = bpf_map_lookup_elem(&asyncio_files, &zero);
+	struct task_steps *s = bpf_map_lookup_elem(&task_steps_map, &tid);
 	__u32 depth;
 
-	if (!probed || !*probed)
-		return 0;
-	s = bpf_map_lookup_elem(&task_steps_map, &tid);
 	if (!s)
 		return 0;
 	depth = s->depth;
@@ -101,29 +105,26 @@ static __always_inline void task_chain(__u32 tgid, __u32 tid, __u64 *chain)
 	}
 }
 
-static __always_inline int step_enter(__u64 task)
+/* A step of `task` begins on the current thread (which passed the gate). */
+static __always_inline void push_step(__u64 task)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct task_steps *s = bpf_map_lookup_elem(&task_steps_map, &tid);
-	struct cur_task cur;
 	__u32 zero = 0;
 
-	if (!current_selected(&cur))
-		return 0;
 	if (!s) {
 		struct task_steps *blank = bpf_map_lookup_elem(&task_steps_blank, &zero);
 
 		if (!blank)
-			return 0;
+			return;
 		bpf_map_update_elem(&task_steps_map, &tid, blank, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&task_steps_map, &tid);
 		if (!s)
-			return 0;
+			return;
 	}
 	if (s->depth < STEP_DEPTH)
 		s->task[s->depth & (STEP_DEPTH - 1)] = task;
 	s->depth++;
-	return 0;
 }
 
 /* int _asyncio_Task___init__(TaskObj *self, PyObject *args, PyObject *kwds): Task.__init__ */
@@ -147,18 +148,27 @@ int BPF_KPROBE(beyla_aio_init, void *task)
 SEC("uprobe")
 int BPF_KPROBE(beyla_aio_step, void *wrapper)
 {
+	struct cur_task cur;
 	__u64 task = 0;
 
+	if (!current_selected(&cur))
+		return 0;
 	/* unreadable: pushed as 0 (unknown Task), so that the return pops what this pushed */
 	bpf_probe_read_user(&task, sizeof(task), (const char *)wrapper + SW_TASK_OFFSET);
-	return step_enter(task);
+	push_step(task);
+	return 0;
 }
 
 /* PyObject *task_wakeup(TaskObj *task, PyObject *fut): the steps after an awaited future */
 SEC("uprobe")
 int BPF_KPROBE(beyla_aio_wake, void *task)
 {
-	return step_enter((__u64)task);
+	struct cur_task cur;
+
+	if (!current_selected(&cur))
+		return 0;
+	push_step((__u64)task);
+	return 0;
 }
 
 /* Return of either step function. User space attaches it before the entries and detaches it
@@ -168,11 +178,12 @@ SEC("uretprobe")
 int BPF_KRETPROBE(beyla_aio_ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct task_steps *s = bpf_map_lookup_elem(&task_steps_map, &tid);
+	struct task_steps *s;
 	struct cur_task cur;
 
 	if (!current_selected(&cur))
 		return 0;
+	s = bpf_map_lookup_elem(&task_steps_map, &tid);
 	if (s && s->depth)
 		s->depth--;
 	return 0;

@@ -468,7 +468,7 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 		queue_request(tid, &ref); /* served from the first call that claims it */
 	} else {
 		/* only a thread that serves has requests for its Tasks' calls to belong to */
-		if (bpf_map_lookup_elem(&pending, &tid))
+		if (asyncio_probed() && bpf_map_lookup_elem(&pending, &tid))
 			task_chain(bpf_get_current_pid_tgid() >> 32, tid, rec->tasks);
 		parent = bpf_map_lookup_elem(&connect_parents, &key);
 		if (parent) { /* claimed when it connected */
@@ -505,7 +505,8 @@ static __always_inline void start_response(struct conn_state *st, __u64 key, con
 		if (ref && ref->sock_id == key)
 			bpf_map_delete_elem(&serving, &tid);
 		unqueue_request(tid, key);
-		rec->tasks[0] = running_task(tid);
+		if (asyncio_probed())
+			rec->tasks[0] = running_task(tid);
 	}
 	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
 	st->filling = rec->resp_len == moved && moved < resp_capture;

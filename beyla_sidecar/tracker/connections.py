@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..bpf.events import FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord, H2Chunk, Role
+from ..bpf.events import (FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord,
+                          H2Chunk, Role)
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from ..protocols.http2 import HTTP2, StreamDone
