@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -59,6 +60,7 @@ DRAIN_BATCH = 512
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
 KERNEL_COUNTERS_SECONDS = 1.0  # how fresh the scraped kernel loss counters are
+SWITCH_INTERVAL_SECONDS = 0.001
 IGNORE_MODES = {"all": Drop.ALL, "metrics": Drop.METRICS, "traces": Drop.TRACES}
 
 log = structlog.get_logger()
@@ -134,6 +136,8 @@ class Pipeline:
 
     def on_record(self, record: bytes | memoryview) -> None:
         self.stats.records += 1
+        if self.tracker.repeat(record):  # the short way (tracker/known.py)
+            return
         ev = self._decode(record)
         if ev is None:
             self.stats.malformed_records += 1
@@ -182,6 +186,8 @@ class Pipeline:
         if target is None:
             target = self._targets[pid] = self._target(pid)
         shape = target.shapes.get(ex)
+        if ex.known is not None and not shape.overflowed:  # overflows are counted one by one
+            self.tracker.learn(ex.known, shape.output(ex, target.resource))
         if shape.drop is Drop.ALL:
             return
         metrics = shape.metrics
@@ -359,6 +365,9 @@ class Pipeline:
                 # What start-up made (modules, grpc, the OTel SDK) lives as long as we do: out of
                 # the collector's sight, so that collections scan only what the data path makes.
                 gc.freeze()
+                # The span export threads take the GIL back after each blocking call of gRPC's, several
+                # per batch: after at most 5 ms by default, during which spans keep coming.
+                sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
                 timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 next_counters = 0.0
@@ -372,6 +381,8 @@ class Pipeline:
                         wait_ms = 0  # more is waiting: round the loop again at once
                     else:
                         wait_ms = timeout_ms if got else min(IDLE_POLL_MS, wait_ms * 2)
+                    if got and self.metrics is not None:
+                        self.metrics.flush()
                     self.discovery.flush()
                     now = time.monotonic()
                     if self._exited:

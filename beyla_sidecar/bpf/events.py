@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # struct conn_event: type, role, flags, pad, pid, tid, ns_pid, ns_tid, pad, ts_ns, sock_id,
 # tuple (saddr, daddr, sport, dport, family, pad), comm
@@ -177,6 +177,7 @@ class H2Chunk(NamedTuple):
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _TYPES: tuple[EventType | None, ...] = (None, *EventType)  # value -> member without Enum.__call__
+_EXCHANGE = int(EventType.EXCHANGE)  # an Enum member looked up on its class runs Python code (3.11)
 _ROLES = tuple(Role)
 _ENDS: tuple[End | None, ...] = (None, *End)
 CACHE_LIMIT = 4096  # distinct addresses / task names remembered before a cache starts over
@@ -193,22 +194,32 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
+def exchange_fields(record: bytes | memoryview) -> tuple[Any, ...] | None:
+    """The EXCHANGE fields of a ring record or a conns map value's `rec`, in struct order; None
+    when they do not describe a well-formed exchange (decode_exchange's checks, bar its end)."""
+    if len(record) < EXCHANGE_DATA or record[0] != _EXCHANGE:
+        return None
+    fields = EXCHANGE.unpack_from(record)
+    if (fields[2] > 2 or fields[18] > REQ_CAPTURE_MAX
+            or fields[19] > RESP_CAPTURE_MAX or EXCHANGE_DATA + fields[20] + fields[19] > len(record)
+            or fields[18] > fields[20]):
+        return None
+    return fields
+
+
 def decode_exchange(record: bytes | memoryview, end: End | None = None) -> ExchangeRecord | None:
     """An exchange from a ring record or a conns map value's `rec`; None when malformed."""
-    if len(record) < EXCHANGE_DATA:
+    fields = exchange_fields(record)
+    if fields is None:
         return None
-    (etype, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,
+    (_, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,
      req_bytes, resp_bytes, parent_sock, parent_start, req_head, resp_head, req_len, resp_len,
-     resp_off, trace_id, span_id, t0, t1, t2, t3) = EXCHANGE.unpack_from(record)
-    if etype != EventType.EXCHANGE or role > 2 or req_len > REQ_CAPTURE_MAX or resp_len > RESP_CAPTURE_MAX:
-        return None
+     resp_off, trace_id, span_id, t0, t1, t2, t3) = fields
     if end is None:
         end = _ENDS[end_code] if end_code < len(_ENDS) else None
         if end is None:
             return None
     data = EXCHANGE_DATA
-    if data + resp_off + resp_len > len(record) or req_len > resp_off:
-        return None
     tp = bytes(record[EXCHANGE.size:data]) if flags & FLAG_TRACEPARENT else b""
     trace, span = (int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big")) if flags & FLAG_CONTEXT else (0, 0)
     tasks = _chain(t0, t1, t2, t3) if t0 else ()

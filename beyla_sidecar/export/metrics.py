@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial, reduce
+from operator import add, is_not
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -44,10 +46,14 @@ MAX_SERIES = 2000
 OVERFLOW_ATTRIBUTES: dict[str, AttributeValue] = {"otel.metric.overflow": True}
 _OVERFLOW = None  # the series key of the overflow series
 _SCOPE = InstrumentationScope("beyla-sidecar", __version__)
+# Values a series holds back before they go into its histograms (ServiceMetrics.add); the
+# pipeline flushes every series after each drain, snapshots before they read.
+PENDING_LIMIT = 512
+_NOT_NONE = partial(is_not, None)
 
 
 class Buckets:
-    """One cumulative explicit-bucket histogram (ServiceMetrics.record updates it); `counts[i]`
+    """One cumulative explicit-bucket histogram (Series.flush fills it); `counts[i]`
     counts values <= bounds[i]."""
 
     __slots__ = ("bounds", "counts", "sum", "count", "min", "max")
@@ -60,6 +66,28 @@ class Buckets:
         self.min = math.inf
         self.max = -math.inf
 
+    def add_all(self, values: list[float]) -> None:
+        """Values in the order they came (the sum adds them in it): sorted once, then one bisect
+        per bound instead of one per value."""
+        if not values:
+            return
+        self.sum = reduce(add, values, self.sum)
+        self.count += len(values)
+        low, high = min(values), max(values)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        values.sort()
+        counts, done, n = self.counts, 0, len(values)
+        for i, bound in enumerate(self.bounds):
+            below = bisect_right(values, bound, done)  # counts[i]: values in (bounds[i-1], bounds[i]]
+            counts[i] += below - done
+            done = below
+            if done == n:
+                return
+        counts[-1] += n - done
+
     def copy(self) -> Buckets:
         out = Buckets(self.bounds)
         out.counts = self.counts.copy()
@@ -67,7 +95,25 @@ class Buckets:
         return out
 
 
-Series = list[Buckets]  # one attribute set's histograms, one per instrument of its set
+class Series:
+    """One attribute set's histograms, one per instrument of its set. Each exchange's values wait
+    in `pending` and go into the histograms in batches (flush()): a bisect and five updates per
+    value and histogram in Python cost ~0.5 us, a batch sorted and bisected in C a few ns a value."""
+
+    __slots__ = ("histograms", "pending")
+
+    def __init__(self, instruments: InstrumentSet) -> None:
+        self.histograms = [Buckets(i.bounds) for i in instruments.instruments]
+        self.pending: list[tuple[float | None, ...]] = []
+
+    def flush(self) -> None:
+        pending = self.pending
+        if pending:
+            self.pending = []
+            for b, column in zip(self.histograms, zip(*pending)):
+                b.add_all(list(filter(_NOT_NONE, column)))
+
+
 SeriesKey = tuple[AttributeValue | None, ...] | None
 
 
@@ -103,7 +149,7 @@ def _new_series(series_map: dict[SeriesKey, Series], key: SeriesKey, instruments
         overflow = series_map.get(key)
         if overflow is not None:
             return overflow
-    series = series_map[key] = [Buckets(i.bounds) for i in instruments.instruments]
+    series = series_map[key] = Series(instruments)
     return series
 
 
@@ -118,6 +164,7 @@ class ServiceMetrics:
         self.extra = extra  # the opted-in attributes (BEYLA_METRICS_EXTRA_ATTRIBUTES)
         # Every declared set from the start: snapshots list them in declaration order.
         self._series: dict[InstrumentSet, dict[SeriesKey, Series]] = {s: {} for s in sets}
+        self._dirty: list[Series] = []  # with pending values
 
     def series(self, instruments: InstrumentSet, key: SeriesKey) -> Series:
         """The histograms of one attribute set (the overflow series' past MAX_SERIES); callers keep
@@ -130,26 +177,34 @@ class ServiceMetrics:
     def add(self, series: Series, values: tuple[float | None, ...]) -> None:
         """One exchange's values, one per histogram of `series` (None: none)."""
         with self._lock:
-            # Each histogram updated inline: a method call apiece would cost more than the update.
-            for b, value in zip(series, values):
-                if value is not None:
-                    b.counts[bisect_left(b.bounds, value)] += 1
-                    b.sum += value
-                    b.count += 1
-                    if value < b.min:
-                        b.min = value
-                    if value > b.max:
-                        b.max = value
+            pending = series.pending
+            if not pending:
+                self._dirty.append(series)
+            pending.append(values)
+            if len(pending) >= PENDING_LIMIT:
+                series.flush()
+
+    def flush(self) -> None:
+        """Pending values into their histograms."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        for series in self._dirty:
+            series.flush()
+        self._dirty.clear()
 
     def snapshot(self) -> ServiceSnapshot:
         """A consistent copy, taken under the lock, for an exporter thread."""
         instruments = []
         with self._lock:
+            self._flush()
             for instrument_set, series_map in self._series.items():
                 if not series_map:
                     continue
                 for i, instrument in enumerate(instrument_set.instruments):
-                    points = [Point(attributes(instrument_set, key), s[i].copy()) for key, s in series_map.items()]
+                    points = [Point(attributes(instrument_set, key), s.histograms[i].copy())
+                              for key, s in series_map.items()]
                     instruments.append(InstrumentSnapshot(instrument, [p for p in points if p.buckets.count]))
         return ServiceSnapshot(self.resource, self.start_ns, instruments)
 
@@ -176,6 +231,13 @@ class Metrics:
         with self._lock:
             services = list(self._services.values())
         return [s.snapshot() for s in services]
+
+    def flush(self) -> None:
+        """Every service's pending values into their histograms (after each drain)."""
+        with self._lock:
+            services = list(self._services.values())
+        for service in services:
+            service.flush()
 
 
 def to_metrics_data(snapshots: list[ServiceSnapshot], now_ns: int | None = None,

@@ -14,6 +14,7 @@ from collections.abc import Hashable
 
 from ..bpf.events import ConnTuple
 from ..protocols.base import SpanDescription, SpanKind
+from ..tracker.context import TraceContext
 from ..tracker.exchange import Exchange
 from ..tracker.routes import Drop, Routes
 from .metrics import Series, ServiceMetrics
@@ -30,10 +31,10 @@ _SERVER = SpanKind.SERVER
 class Shape:
     """Exchanges of one shape: what their spans and metrics share."""
 
-    __slots__ = ("drop", "overflowed", "route", "desc", "template", "metrics", "_series")
+    __slots__ = ("drop", "overflowed", "route", "desc", "template", "metrics", "_series", "_export")
 
     def __init__(self, drop: Drop, overflowed: bool, route: str | None, desc: SpanDescription,
-                 template: SpanTemplate | None, metrics: ServiceMetrics | None) -> None:
+                 template: SpanTemplate | None, metrics: ServiceMetrics | None, export: TraceExport) -> None:
         self.drop = drop
         self.overflowed = overflowed  # its route is the overflow route: counted per exchange
         self.route = route
@@ -41,6 +42,7 @@ class Shape:
         self.template = template  # None: no span destination, or the route is ignored for traces
         self.metrics = metrics  # None: no metrics, or the route is ignored for metrics
         self._series: dict[ConnTuple, Series | None] = {}  # a protocol may name the peer in its attributes
+        self._export = export
 
     def series(self, ex: Exchange) -> Series | None:
         """The metric series exchanges of this shape on `ex`'s connection record in."""
@@ -48,6 +50,15 @@ class Shape:
         if series is _UNKNOWN:
             series = self._new_series(ex)
         return series  # type: ignore[return-value]
+
+    def output(self, ex: Exchange, resource: bytes) -> ShapeOutput:
+        """Where exchanges of this shape on `ex`'s connection go, for the tracker's short way
+        (tracker/known.py); `resource`: their process's, encoded (TraceExport.resource)."""
+        series = self.series(ex) if self.metrics is not None else None
+        server = ex.kind is _SERVER
+        network = self._export.network(ex.conn, server, self.template) if self.template is not None else b""
+        return ShapeOutput(self.metrics if series is not None else None, series, self._export, self.template,
+                           server, network, resource)
 
     def _new_series(self, ex: Exchange) -> Series | None:
         metrics = self.metrics
@@ -101,4 +112,29 @@ class Shapes:
         metrics = self._metrics if drop is Drop.NONE or not drop & Drop.METRICS else None
         template = self._export.template(desc, protocol.size_attributes) if traces else None
         overflowed = self._routes.overflows.get(self._service, 0) != overflows
-        return Shape(drop, overflowed, route, desc, template, metrics)
+        return Shape(drop, overflowed, route, desc, template, metrics, self._export)
+
+
+class ShapeOutput:
+    """The exchanges of one shape on one connection, from their times and sizes alone: a
+    protocol's Repeats promise that its metric values are duration, request and response size."""
+
+    __slots__ = ("_metrics", "_series", "_export", "_template", "_server", "_network", "_resource")
+
+    def __init__(self, metrics: ServiceMetrics | None, series: Series | None, export: TraceExport,
+                 template: SpanTemplate | None, server: bool, network: bytes, resource: bytes) -> None:
+        self._metrics = metrics
+        self._series = series
+        self._export = export
+        self._template = template
+        self._server = server
+        self._network = network
+        self._resource = resource
+
+    def emit(self, ctx: TraceContext | None, start_ns: int, end_ns: int, request_size: int,
+             response_size: int) -> None:
+        if self._metrics is not None:
+            self._metrics.add(self._series, ((end_ns - start_ns) / 1e9, request_size, response_size))
+        if ctx is not None and ctx.sampled and self._template is not None:
+            self._export.submit_values(ctx, self._server, start_ns, end_ns, request_size, response_size,
+                                       self._template, self._network, self._resource)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from ..bpf.events import ConnTuple
 from ..protocols.base import SpanDescription, SpanKind
+from ..tracker.context import TraceContext
 from ..tracker.exchange import Exchange
 from .otlp_encode import (
     CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, encode_span,
@@ -27,13 +28,12 @@ class Clock:
         self.offset = time.time_ns() - time.monotonic_ns()  # add it to a monotonic time
 
 
-def network_attributes(ex: Exchange) -> dict[str, str | int]:
+def network_attributes(c: ConnTuple, server: bool) -> dict[str, str | int]:
     """Peer and server endpoint attributes; which side is the server depends on the span kind.
     Unknown ones are left out (a TLS library's memory BIO has no socket; an event was lost)."""
-    c = ex.conn
     attrs: dict[str, str | int] = {"network.peer.address": c.remote_addr, "network.peer.port": c.remote_port,
                                    "network.transport": "tcp"}
-    if ex.kind is SpanKind.SERVER:
+    if server:
         attrs.update({"server.address": c.local_addr, "server.port": c.local_port,
                       "client.address": c.remote_addr, "client.port": c.remote_port})
     else:
@@ -77,28 +77,38 @@ class SpanEncoder:
         """The Span message of `ex`, whose shape's template is `t`."""
         ctx = ex.context
         assert ctx is not None
-        offset = self._clock.offset
         server = ex.kind is _SERVER  # not a dict of kinds: hashing an Enum runs Python code
         request, response = ex.request, ex.response
+        if response is None:
+            return self.encode_values(ctx, server, request.start_ns, request.end_ns, request.size, None, t,
+                                      self.network(ex.conn, server, t.own_network))
+        return self.encode_values(ctx, server, request.start_ns, response.end_ns, request.size, response.size, t,
+                                  self.network(ex.conn, server, t.own_network))
+
+    def encode_values(self, ctx: TraceContext, server: bool, start_ns: int, end_ns: int, request_size: int | None,
+                      response_size: int | None, t: SpanTemplate, network: bytes) -> bytes:
+        """The Span message of an exchange of template `t`, from what differs between its exchanges;
+        `network`: the encoded network attributes of its connection (network())."""
+        offset = self._clock.offset
         attrs = t.attributes
         req_size, resp_size = t.sizes
-        if req_size is not None and request.size:
-            attrs += self._attributes.get(req_size, request.size)
-        if resp_size is not None and response is not None and response.size:
-            attrs += self._attributes.get(resp_size, response.size)
-        network = self._network.get((ex.conn, server, t.own_network))
-        if network is None:
-            network = self._network_attributes(ex, server, t.own_network)
-        end = response.end_ns if response is not None else request.end_ns
+        if req_size is not None and request_size:
+            attrs += self._attributes.get(req_size, request_size)
+        if resp_size is not None and response_size:
+            attrs += self._attributes.get(resp_size, response_size)
         return encode_span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
                            FLAGS_REMOTE_PARENT if ctx.parent_remote else FLAGS_LOCAL_PARENT,
                            t.name, KIND_SERVER if server else KIND_CLIENT,
-                           request.start_ns + offset, end + offset, attrs + network + t.error, bool(t.error))
+                           start_ns + offset, end_ns + offset, attrs + network + t.error, bool(t.error))
 
-    def _network_attributes(self, ex: Exchange, server: bool, own: frozenset[str]) -> bytes:
-        if len(self._network) >= CACHE_LIMIT:
-            self._network.clear()
-        get = self._attributes.get
-        block = self._network[(ex.conn, server, own)] = b"".join(
-            get(k, v) for k, v in network_attributes(ex).items() if k not in own)
+    def network(self, conn: ConnTuple, server: bool, own: frozenset[str]) -> bytes:
+        """The encoded network attributes of a connection's spans of one side, bar those the
+        protocol sets itself (`own`)."""
+        block = self._network.get((conn, server, own))
+        if block is None:
+            if len(self._network) >= CACHE_LIMIT:
+                self._network.clear()
+            get = self._attributes.get
+            block = self._network[(conn, server, own)] = b"".join(
+                get(k, v) for k, v in network_attributes(conn, server).items() if k not in own)
         return block

@@ -81,6 +81,16 @@ class Parsed(NamedTuple):
     housekeeping: bool = False
 
 
+class Repeats(NamedTuple):
+    """Protocol.repeats: every record of the connection with the same prefixes, head lengths,
+    flags and a response parses as this one did, but for its times (the record's) and its sizes
+    (its byte counts less these head lengths). Such records skip parsing (tracker/known.py)."""
+
+    request_head: int
+    response_head: int
+    request_max: int  # a request of more body bytes than this parses otherwise (HTTP: pipelining)
+
+
 class Protocol(ABC):
     """One application protocol (HTTP/1.x, ...)."""
 
@@ -101,6 +111,12 @@ class Protocol(ABC):
     def parse(self, rec: ExchangeRecord) -> Parsed | None:
         """Request and response of one exchange record; None when the bytes do not parse
         (the tracker counts it). Never raises on bad input."""
+
+    def repeats(self, rec: ExchangeRecord, parsed: Parsed) -> Repeats | None:
+        """Do records like `rec` parse alike (see Repeats)? Only for a protocol whose
+        metric_values() of an exchange with a response are its duration, request size and
+        response size, in that order (or a prefix of them). Default: None, each record is parsed."""
+        return None
 
     def finished(self, rec: ExchangeRecord) -> bool:
         """May an exchange whose response went quiet be ended now (the idle sweep)? False when

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..bpf.events import ConnTuple, ExchangeRecord
-from .base import Message, Parsed, Protocol, SpanDescription, SpanKind
+from .base import Message, Parsed, Protocol, Repeats, SpanDescription, SpanKind
 from .instruments import DURATION_BOUNDS, SIZE_BOUNDS, AttributeValue, Instrument, InstrumentSet
 
 MAX_METHOD = 24
@@ -360,6 +360,21 @@ class HTTP1(Protocol):
             h2c = fields[4]
             return Parsed(request, response, True, "http2" if h2c else None)  # h2c: its answer comes in HTTP/2
         return Parsed(request, response, request.method == "CONNECT" and 200 <= response.status_code < 300)
+
+    def repeats(self, rec: ExchangeRecord, parsed: Parsed) -> Repeats | None:
+        """Exchanges whose heads were found and whose bodies are not chunked: their body sizes are
+        their byte counts less the heads. Not when the prefix holds a traceparent (each one's
+        differs), nor for upgrades, tunnels or pipelining (parsed otherwise)."""
+        request, response = parsed.request, parsed.response
+        if response is None or parsed.ends_protocol or parsed.pipelined or request.traceparent is not None:
+            return None
+        fields = _cached(self._requests, rec.request, request_fields)
+        rfields = _cached(self._responses, rec.response, response_fields)
+        if fields is None or rfields is None or fields[1] is not None or fields[3] or rfields[2]:
+            return None
+        if not request.header_size or not response.header_size:
+            return None
+        return Repeats(request.header_size, response.header_size, fields[5] + 2)  # see _pipelined
 
     def finished(self, rec: ExchangeRecord) -> bool:
         """Unfinished only when the response declares a length its bytes have not reached (a

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..bpf.events import (FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, NO_TUPLE, ConnTuple, Event, EventType, ExchangeRecord,
-                          H2Chunk, Role)
+from ..bpf.events import (EXCHANGE_DATA, FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, FLAG_TRACEPARENT, NO_TUPLE, ConnTuple,
+                          Event, EventType, ExchangeRecord, H2Chunk, Role, exchange_fields)
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from ..protocols.http2 import HTTP2, StreamDone
 from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
 from .exchange import Exchange
+from .known import KNOWN_PER_CONNECTION, Key, Known, Output
 from .tasks import TaskParents
 
 # Exchanges of a connection no protocol recognises before it is given up as unrecognised.
@@ -49,6 +50,9 @@ PARENT_WAIT_NS = 3_000_000_000
 # Server contexts remembered for children whose record comes after their parent's (the
 # newest RECENT_PARENTS at least, up to twice as many).
 RECENT_PARENTS = 4096
+# Records that take the full way whatever their key: their trace context comes from them.
+_OWN_CONTEXT = FLAG_TRACEPARENT | FLAG_CONTEXT | FLAG_CONTEXT_REMOTE
+_SERVER_ROLE = Role.SERVER
 
 log = structlog.get_logger()
 
@@ -68,7 +72,8 @@ class TrackerStats:
 
 
 class Connection:
-    __slots__ = ("role", "conn", "pid", "ns_pid", "protocol", "attempts", "ignored", "tls", "guess", "counted")
+    __slots__ = ("role", "conn", "pid", "ns_pid", "protocol", "attempts", "ignored", "tls", "guess", "counted",
+                 "known")
 
     def __init__(self, role: Role, conn: ConnTuple, pid: int, ns_pid: int, tls: bool) -> None:
         self.role = role
@@ -81,6 +86,7 @@ class Connection:
         self.ignored = False
         self.guess = ""  # what its first exchange looked like, when no protocol recognised it
         self.counted = False  # counted as unrecognised
+        self.known: dict[Key, Known] | None = None  # keys whose records go the short way (known.py)
 
     @property
     def server_port(self) -> int:
@@ -101,7 +107,9 @@ class Tracker:
         self._traces = traces
         self._conns: OrderedDict[int, Connection] = OrderedDict()
         self._swept: dict[int, int] = {}  # sock_id -> req_start_ns of the exchange ended idle
-        self._parents: dict[tuple[int, int], TraceContext] = {}  # insertion order: oldest first
+        # server contexts by exchange key, in two generations: the newest, then the one before it
+        self._parents: dict[tuple[int, int], TraceContext] = {}
+        self._older_parents: dict[tuple[int, int], TraceContext] = {}
         self._waiting: dict[tuple[int, int], list[tuple[int, Connection, ExchangeRecord, Parsed]]] = {}
         self._task_parents: TaskParents[tuple[Connection, ExchangeRecord, Parsed]] = TaskParents()
         self._logged: set[tuple[int, int]] = set()  # (pid, port) of unrecognised traffic, logged once
@@ -188,7 +196,7 @@ class Tracker:
                 self._finish_child(c, rec, parsed, None)
         if self._task_parents:
             for c, rec, parsed in self._task_parents.expired(now_ns):
-                self._finish_child(c, rec, parsed, self._parents.get(rec.parent) if rec.parent else None)
+                self._finish_child(c, rec, parsed, self._parent(rec.parent) if rec.parent else None)
 
     def has_connections(self, pid: int) -> bool:
         """Does the process (host pid) still have open connections?"""
@@ -223,6 +231,7 @@ class Tracker:
             self._drop(sock_id, c)
 
     def _drop(self, sock_id: int, c: Connection) -> None:
+        c.known = None  # its Known entries name it
         if c.protocol is not None:
             c.protocol.closed(sock_id)  # the id may come back, for another connection
         left = self._per_pid.get(c.pid, 0) - 1
@@ -269,15 +278,16 @@ class Tracker:
             c.ignored = True
         if parsed.response is None and rec.resp_end_ns > parsed.request.end_ns:
             parsed.request.end_ns = rec.resp_end_ns  # unanswered: it lasted until the close
+        known = self._lesson(c, rec, parsed)
         if not self._traces:
-            self._finish(c, rec, parsed, None)
+            self._finish(c, rec, parsed, None, known)
             return
         if c.role is Role.SERVER:
             ctx = server_context(parsed.request.traceparent, self._sampler, rec.trace_id,
                                  rec.span_id if rec.flags & FLAG_CONTEXT_REMOTE else 0)
             key = (rec.sock_id, rec.req_start_ns)
             self._remember_parent(key, ctx)
-            self._finish(c, rec, parsed, ctx)
+            self._finish(c, rec, parsed, ctx, known)
             if self._waiting:
                 for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
                     self._finish_child(child, child_rec, child_parsed, ctx)
@@ -295,15 +305,80 @@ class Tracker:
             else:
                 self._finish_child(c, rec, parsed, ctx)
             return
-        parent = self._parents.get(rec.parent) if rec.parent else None
+        parent = self._parent(rec.parent) if rec.parent else None
         if rec.parent and parent is None:
             wait = self._waiting.setdefault(rec.parent, [])
             wait.append((rec.req_start_ns + PARENT_WAIT_NS, c, rec, parsed))
             return
-        self._finish_child(c, rec, parsed, parent)
+        self._finish_child(c, rec, parsed, parent, known)
 
-    def _finish_child(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, parent: TraceContext | None) -> None:
-        self._finish(c, rec, parsed, client_context(parent, self._sampler, rec.trace_id, rec.span_id))
+    def _finish_child(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, parent: TraceContext | None,
+                      known: Known | None = None) -> None:
+        self._finish(c, rec, parsed, client_context(parent, self._sampler, rec.trace_id, rec.span_id), known)
+
+    def _lesson(self, c: Connection, rec: ExchangeRecord, parsed: Parsed) -> Known | None:
+        """What the records repeating `rec` do, to be learnt once its exchange went out (learn());
+        None when its protocol cannot tell, or the connection knows its key already."""
+        if rec.flags & _OWN_CONTEXT or rec.tasks or not rec.resp_start_ns:
+            return None
+        key = (rec.request, rec.response, rec.req_head, rec.resp_head, rec.flags)
+        if c.known is not None and key in c.known:
+            return None
+        assert c.protocol is not None
+        repeats = c.protocol.repeats(rec, parsed)
+        return Known(c, key, c.protocol, repeats) if repeats is not None else None
+
+    def learn(self, known: Known, output: Output) -> None:
+        """Records of `known`'s key on its connection go the short way from now on (repeat())."""
+        c = known.conn
+        if c.known is None:
+            c.known = {}
+        elif len(c.known) >= KNOWN_PER_CONNECTION:
+            c.known.clear()
+        known.output = output
+        c.known[known.key] = known
+
+    def repeat(self, record: bytes | memoryview) -> bool:
+        """The short way (known.py): True when `record` repeats a known exchange of its connection
+        and went out as one; False, having changed nothing, when it must take the full way."""
+        fields = exchange_fields(record)
+        if fields is None:
+            return False
+        (_, flags, _, end, pid, _, _, sock_id, req_start, _, resp_start, resp_end, req_bytes, resp_bytes, parent,
+         _, req_head, resp_head, req_len, resp_len, resp_off, _, _, task, _, _, _) = fields
+        if flags & _OWN_CONTEXT or task or not resp_start or not 1 <= end <= 3:
+            return False
+        c = self._conns.get(sock_id)
+        if c is None or c.known is None or c.pid != pid or c.ignored:
+            return False
+        data = EXCHANGE_DATA
+        k = c.known.get((bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]),
+                         req_head, resp_head, flags))
+        if k is None or k.protocol is not c.protocol or k.output is None:
+            return False
+        request_size = req_bytes - k.request_head
+        if request_size > k.request_max or (self._swept and sock_id in self._swept):
+            return False
+        server = c.role is _SERVER_ROLE
+        ctx = None
+        if self._traces:
+            if not server and parent:
+                return False  # its parent is to be found
+            ctx = server_context(None, self._sampler) if server else client_context(None, self._sampler)
+        stats = self.stats
+        stats.records += 1
+        stats.bytes += req_bytes + resp_bytes
+        stats.exchanges += 1
+        if not server or ctx is None:
+            k.output.emit(ctx, req_start, resp_end, request_size, resp_bytes - k.response_head)
+            return True
+        key = (sock_id, req_start)
+        self._remember_parent(key, ctx)
+        k.output.emit(ctx, req_start, resp_end, request_size, resp_bytes - k.response_head)
+        if self._waiting:
+            for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
+                self._finish_child(child, child_rec, child_parsed, ctx)
+        return True
 
     def _detect(self, c: Connection, rec: ExchangeRecord) -> bool:
         c.protocol = self._recognise(rec)
@@ -338,17 +413,21 @@ class Tracker:
     def _remember_parent(self, key: tuple[int, int], ctx: TraceContext) -> None:
         parents = self._parents
         parents[key] = ctx
-        if len(parents) >= 2 * RECENT_PARENTS:
-            # keep the newest half; deleting the oldest one by one makes a dict's iteration
-            # start skip ever more dead slots
-            self._parents = dict(list(parents.items())[RECENT_PARENTS:])
+        if len(parents) >= RECENT_PARENTS:  # a new generation: the one before it is forgotten
+            self._older_parents = parents
+            self._parents = {}
 
-    def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext | None) -> None:
+    def _parent(self, key: tuple[int, int]) -> TraceContext | None:
+        return self._parents.get(key) or self._older_parents.get(key)
+
+    def _finish(self, c: Connection, rec: ExchangeRecord, parsed: Parsed, ctx: TraceContext | None,
+                known: Known | None = None) -> None:
         assert c.protocol is not None
-        self._emit_exchange(c, c.protocol, rec.tid, parsed, ctx)
+        self._emit_exchange(c, c.protocol, rec.tid, parsed, ctx, known)
 
     def _emit_exchange(self, c: Connection, protocol: Protocol, tid: int, parsed: Parsed,
-                       ctx: TraceContext | None) -> None:
+                       ctx: TraceContext | None, known: Known | None = None) -> None:
         kind = SpanKind.SERVER if c.role is Role.SERVER else SpanKind.CLIENT
         self.stats.exchanges += 1
-        self._emit(Exchange(protocol, kind, parsed.request, parsed.response, ctx, c.pid, tid, c.ns_pid, c.conn, c.tls))
+        self._emit(Exchange(protocol, kind, parsed.request, parsed.response, ctx, c.pid, tid, c.ns_pid, c.conn, c.tls,
+                            known))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..bpf.events import ConnTuple
 from ..protocols.base import Message, Protocol, SpanKind
 from .context import TraceContext
+from .known import Known
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class Exchange:
     ns_pid: int
     conn: ConnTuple
     tls: bool = False  # parsed from TLS plaintext (the library probes), not socket bytes
+    known: Known | None = field(default=None, compare=False)  # its records' key, to learn once its shape is worked out (known.py)
 
     @property
     def start_ns(self) -> int:
