@@ -3,6 +3,9 @@ cardinality limit, OTel data model."""
 
 from __future__ import annotations
 
+import random
+from bisect import bisect_left
+
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
@@ -212,3 +215,29 @@ def test_grpc_calls_of_the_registered_http2_are_measured() -> None:
     assert point.attributes == {"rpc.system": "grpc", "rpc.service": "demo.Greeter", "rpc.method": "Find",
                                 "rpc.grpc.status_code": 5}
     assert point.buckets.count == 1 and abs(point.buckets.sum - 0.03) < 1e-9
+
+
+def test_values_added_in_batches_give_what_one_by_one_gives() -> None:
+    """Series.flush sorts a batch and bisects it once per bound: the buckets, count, min and max
+    of adding each value by itself, and the same sum (added in arrival order)."""
+    rnd = random.Random(7)
+    bounds = DURATION_BOUNDS
+    values = [rnd.choice((0.0, bounds[3], bounds[-1] * 2, rnd.random() * 3, rnd.expovariate(50)))
+              for _ in range(3 * metrics_mod.PENDING_LIMIT + 17)]
+    counts, total = [0] * (len(bounds) + 1), 0.0
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1
+        total += v
+    ping = Ping()
+    sm = Metrics([ping]).service("svc", RESOURCE)
+    series = sm.series(PING_METRICS, ("host",))
+    for v in values[:100]:
+        sm.add(series, (v,))
+    [first] = sm.snapshot().instruments[0].points  # a snapshot flushes what is pending
+    for v in values[100:]:
+        sm.add(series, (v,))
+    sm.flush()
+    b = series.histograms[0]
+    assert first.buckets.count == 100 and b.count == len(values)
+    assert b.counts == counts and b.sum == total and (b.min, b.max) == (min(values), max(values))
+    assert not series.pending

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from beyla_sidecar.bpf.events import FLAG_TLS, ConnTuple, End, Event, EventType, ExchangeRecord, Role
+from beyla_sidecar.bpf.events import (
+    EXCHANGE, FLAG_TLS, TRACEPARENT_CAPTURE, ConnTuple, End, Event, EventType, ExchangeRecord, Role,
+)
 
 REQ_PREFIX = 256  # BEYLA_REQUEST_CAPTURE_SIZE default
 RESP_PREFIX = 64  # BEYLA_RESPONSE_CAPTURE_SIZE default
@@ -33,3 +35,19 @@ def exchange(sock: int, start: int, request: bytes = REQ, response: bytes | None
         sock, pid, ns_pid(pid), tid, role, end, flags | (FLAG_TLS if tls else 0),
         start, start + 10, 0 if response is None else start + 20, 0 if response is None else start + 30,
         len(request), len(resp), parent, 0, 0, request[:REQ_PREFIX], resp[:RESP_PREFIX], b"", tasks=tasks)
+
+
+def ring_bytes(rec: ExchangeRecord, resp_off: int = REQ_PREFIX) -> bytes:
+    """`rec` as the probes put it on the ring (struct exchange, probes/beyla.h)."""
+    trace = rec.trace_id.to_bytes(16, "big") if rec.trace_id else b""
+    span = rec.span_id.to_bytes(8, "big") if rec.span_id else b""
+    parent = rec.parent or (0, 0)
+    tasks = (*rec.tasks, 0, 0, 0, 0)[:4]
+    head = EXCHANGE.pack(EventType.EXCHANGE, rec.flags, rec.role, rec.end, rec.pid, rec.ns_pid, rec.tid, rec.sock_id,
+                         rec.req_start_ns, rec.req_end_ns, rec.resp_start_ns, rec.resp_end_ns, rec.req_bytes,
+                         rec.resp_bytes, *parent, rec.req_head, rec.resp_head, len(rec.request), len(rec.response),
+                         resp_off, trace, span, *tasks)
+    data = bytearray(resp_off + RESP_PREFIX)
+    data[:len(rec.request)] = rec.request
+    data[resp_off:resp_off + len(rec.response)] = rec.response
+    return head + rec.traceparent.ljust(TRACEPARENT_CAPTURE, b"\0") + bytes(data)
