@@ -17,7 +17,8 @@ import psutil
 import structlog
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from .bpf.events import PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord, H2Chunk
+from .bpf.events import (PROCESS_EVENTS, Decoder, Event, EventType, ExchangeRecord, H2Chunk, decode_exchange,
+                         exchange_fields)
 from .bpf.loader import Probes
 from .config import Config, ConfigError
 from .discover.lifecycle import Discovery
@@ -136,9 +137,13 @@ class Pipeline:
 
     def on_record(self, record: bytes | memoryview) -> None:
         self.stats.records += 1
-        if self.tracker.repeat(record):  # the short way (tracker/known.py)
+        fields = exchange_fields(record)  # None: another event, or a malformed exchange
+        if fields is None:
+            ev = self._decode(record)
+        elif self.tracker.repeat(record, fields):  # the short way (tracker/known.py)
             return
-        ev = self._decode(record)
+        else:
+            ev = decode_exchange(record, fields=fields)
         if ev is None:
             self.stats.malformed_records += 1
             return

@@ -207,9 +207,12 @@ def exchange_fields(record: bytes | memoryview) -> tuple[Any, ...] | None:
     return fields
 
 
-def decode_exchange(record: bytes | memoryview, end: End | None = None) -> ExchangeRecord | None:
-    """An exchange from a ring record or a conns map value's `rec`; None when malformed."""
-    fields = exchange_fields(record)
+def decode_exchange(record: bytes | memoryview, end: End | None = None,
+                    fields: tuple[Any, ...] | None = None) -> ExchangeRecord | None:
+    """An exchange from a ring record or a conns map value's `rec`; None when malformed.
+    `fields`: exchange_fields(record), when the caller has them already."""
+    if fields is None:
+        fields = exchange_fields(record)
     if fields is None:
         return None
     (_, flags, role, end_code, pid, ns_pid, tid, sock_id, req_start, req_end, resp_start, resp_end,

@@ -30,11 +30,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from ..bpf.events import (EXCHANGE_DATA, FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, FLAG_TRACEPARENT, NO_TUPLE, ConnTuple,
-                          Event, EventType, ExchangeRecord, H2Chunk, Role, exchange_fields)
+                          End, Event, EventType, ExchangeRecord, H2Chunk, Role)
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from ..protocols.http2 import HTTP2, StreamDone
@@ -53,6 +54,7 @@ RECENT_PARENTS = 4096
 # Records that take the full way whatever their key: their trace context comes from them.
 _OWN_CONTEXT = FLAG_TRACEPARENT | FLAG_CONTEXT | FLAG_CONTEXT_REMOTE
 _SERVER_ROLE = Role.SERVER
+_END_CODES = frozenset(int(e) for e in End)
 
 log = structlog.get_logger()
 
@@ -338,15 +340,13 @@ class Tracker:
         known.output = output
         c.known[known.key] = known
 
-    def repeat(self, record: bytes | memoryview) -> bool:
-        """The short way (known.py): True when `record` repeats a known exchange of its connection
-        and went out as one; False, having changed nothing, when it must take the full way."""
-        fields = exchange_fields(record)
-        if fields is None:
-            return False
+    def repeat(self, record: bytes | memoryview, fields: tuple[Any, ...]) -> bool:
+        """The short way (known.py): True when `record`, whose exchange_fields() are `fields`,
+        repeats a known exchange of its connection and went out as one; False, having changed
+        nothing, when it must take the full way."""
         (_, flags, _, end, pid, _, _, sock_id, req_start, _, resp_start, resp_end, req_bytes, resp_bytes, parent,
          _, req_head, resp_head, req_len, resp_len, resp_off, _, _, task, _, _, _) = fields
-        if flags & _OWN_CONTEXT or task or not resp_start or not 1 <= end <= 3:
+        if flags & _OWN_CONTEXT or task or not resp_start or end not in _END_CODES:
             return False
         c = self._conns.get(sock_id)
         if c is None or c.known is None or c.pid != pid or c.ignored:
@@ -369,14 +369,12 @@ class Tracker:
         stats.records += 1
         stats.bytes += req_bytes + resp_bytes
         stats.exchanges += 1
-        if not server or ctx is None:
-            k.output.emit(ctx, req_start, resp_end, request_size, resp_bytes - k.response_head)
-            return True
-        key = (sock_id, req_start)
-        self._remember_parent(key, ctx)
+        parent_of_calls = server and ctx is not None
+        if parent_of_calls:
+            self._remember_parent((sock_id, req_start), ctx)
         k.output.emit(ctx, req_start, resp_end, request_size, resp_bytes - k.response_head)
-        if self._waiting:
-            for _, child, child_rec, child_parsed in self._waiting.pop(key, ()):
+        if parent_of_calls and self._waiting:
+            for _, child, child_rec, child_parsed in self._waiting.pop((sock_id, req_start), ()):
                 self._finish_child(child, child_rec, child_parsed, ctx)
         return True
 

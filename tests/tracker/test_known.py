@@ -3,7 +3,7 @@ full way gives, and anything it cannot tell alike takes the full way."""
 
 from __future__ import annotations
 
-from beyla_sidecar.bpf.events import FLAG_TRACEPARENT, ConnTuple, EventType, Role, decode_exchange
+from beyla_sidecar.bpf.events import FLAG_TRACEPARENT, ConnTuple, EventType, Role, decode_exchange, exchange_fields
 from beyla_sidecar.protocols.http1 import HTTP1
 from beyla_sidecar.tracker.connections import Tracker
 from beyla_sidecar.tracker.context import TraceContext
@@ -50,8 +50,12 @@ class Run:
     def open(self, sock: int, role: Role = Role.SERVER, conn: ConnTuple = SERVER_TUPLE) -> None:
         self.tracker.handle(conn_event(EventType.CONN_OPEN, sock, role, conn))
 
+    def repeat(self, raw: bytes) -> bool:
+        fields = exchange_fields(raw)
+        return fields is not None and self.tracker.repeat(raw, fields)
+
     def feed(self, raw: bytes) -> None:
-        if self.short and self.tracker.repeat(raw):
+        if self.short and self.repeat(raw):
             return
         self.full += 1
         rec = decode_exchange(raw)
@@ -137,6 +141,6 @@ def test_malformed_records_are_left_to_the_full_way() -> None:
     run.open(1)
     raw = ring_bytes(exchange(1, 1000))
     run.feed(raw)
-    assert not run.tracker.repeat(raw[:100]) and not run.tracker.repeat(b"")
-    assert not run.tracker.repeat(raw[:3] + b"\x09" + raw[4:])  # no such end
-    assert run.tracker.repeat(raw)
+    assert exchange_fields(raw[:100]) is None and exchange_fields(b"") is None
+    assert not run.repeat(raw[:3] + b"\x09" + raw[4:])  # no such end
+    assert run.repeat(raw)
