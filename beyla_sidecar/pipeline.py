@@ -168,7 +168,13 @@ class Pipeline:
     def _process_event(self, ev: Event, pid: int) -> None:
         # a fork's tid is its parent's tgid
         self.discovery.handle(ev, pid, ev.ns_tid if self._same_ns else ev.tid)
-        if ev.type is EventType.PROCESS_EXIT:
+        if ev.type is EventType.PROCESS_EXEC:
+            # a new image, named now while it runs (the probes wake us for it): a short-lived
+            # client may be gone from /proc before its first record is read
+            self.processes.forget(pid)
+            self._targets.pop(pid, None)
+            self.processes.get(pid, ev.comm)
+        elif ev.type is EventType.PROCESS_EXIT:
             # its sockets close (and send their last exchanges) after this event
             self._exited.append((time.monotonic() + EXIT_GRACE_SECONDS, pid, ev.pid))
 

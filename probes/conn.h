@@ -227,7 +227,7 @@ int BPF_PROG(beyla_sk_state, const struct sock *sk, const int oldstate, const in
 			return 0;
 		listen_key_of(sk, &key);
 		bpf_map_update_elem(&listen_ports, &key, &one, BPF_ANY);
-		task_event(EVENT_PROCESS_LISTEN, &cur);
+		task_event(EVENT_PROCESS_LISTEN, &cur, false);
 	} else if (newstate == TCP_SYN_SENT) {
 		/* connect() runs this in the connecting thread's context */
 		struct parent_ref *parent;

@@ -192,18 +192,31 @@ static __always_inline void count(__u32 idx)
 		(*val)++; /* per-CPU slot: no atomic needed */
 }
 
-/* Wakes the reader only when the ring fills up; a full ring is counted (in `lost`, enum
- * counter_index or COUNTER_NONE), never silent. True when the record went out. */
-static __always_inline bool submit(void *data, __u64 size, __u32 lost)
+/* A full ring is counted (in `lost`, enum counter_index or COUNTER_NONE), never silent.
+ * True when the record went out. */
+static __always_inline bool ring_output(void *data, __u64 size, __u32 lost, __u64 flags)
 {
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes ?
-		      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-
 	if (!bpf_ringbuf_output(&events, data, size, flags))
 		return true;
 	if (lost != COUNTER_NONE)
 		count(lost);
 	return false;
+}
+
+/* Wakes the reader only when the ring fills up. */
+static __always_inline bool submit(void *data, __u64 size, __u32 lost)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes ?
+		      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+
+	return ring_output(data, size, lost, flags);
+}
+
+/* Wakes the reader at once: for rare events user space must act on before the next poll
+ * (an exec, whose short-lived process may be gone from /proc by then). */
+static __always_inline bool submit_now(void *data, __u64 size, __u32 lost)
+{
+	return ring_output(data, size, lost, BPF_RB_FORCE_WAKEUP);
 }
 
 /* Host and namespace-local ids of a task that passed the gate. */
@@ -221,14 +234,17 @@ static __always_inline void task_ids(const struct cur_task *cur, struct conn_eve
 	e->ns_pid = BPF_CORE_READ(leader, numbers[level].nr);
 }
 
-/* A conn_event of the current task, ids and comm filled, sent at once. */
-static __always_inline void task_event(__u8 type, const struct cur_task *cur)
+/* A conn_event of the current task, ids and comm filled, sent at once (`wake`: submit_now). */
+static __always_inline void task_event(__u8 type, const struct cur_task *cur, bool wake)
 {
 	struct conn_event e = { .type = type, .ts_ns = bpf_ktime_get_ns() };
 
 	task_ids(cur, &e);
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	submit(&e, sizeof(e), COUNTER_EVENT_DROPS);
+	if (wake)
+		submit_now(&e, sizeof(e), COUNTER_EVENT_DROPS);
+	else
+		submit(&e, sizeof(e), COUNTER_EVENT_DROPS);
 }
 
 #endif /* __BEYLA_GATE_H */

@@ -110,7 +110,7 @@ static __always_inline void exec_selection(struct cur_task *cur, __u32 tgid)
 	size = offsetof(struct exec_event, path) + e->path_len;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	submit(e, size, COUNTER_EVENT_DROPS);
+	submit_now(e, size, COUNTER_EVENT_DROPS);
 }
 
 /* A new executable: its selection is decided here (select_at_exec), or by user space, and
@@ -131,7 +131,7 @@ int beyla_exec(void *ctx)
 		}
 		bpf_map_delete_elem(&allowed_pids, &tgid);
 	}
-	task_event(EVENT_PROCESS_EXEC, &cur);
+	task_event(EVENT_PROCESS_EXEC, &cur, true);
 	return 0;
 }
 
@@ -201,7 +201,7 @@ int beyla_task_exit(void *ctx)
 		tgid = ns_tgid(&cur);
 		bpf_map_delete_elem(&allowed_pids, &tgid);
 	}
-	task_event(EVENT_PROCESS_EXIT, &cur);
+	task_event(EVENT_PROCESS_EXIT, &cur, false);
 	return 0;
 }
 

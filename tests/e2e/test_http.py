@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,23 @@ def test_http_spans_inside_pod_only(pod: Pod, start_sidecar, tmp_path: Path) -> 
     sizes = sorted(s["attributes"].get("http.response.body.size", 0) for s in web_servers
                    if s["name"] == "GET /index.html")
     assert sizes == [len(INDEX), len(INDEX)]
+
+
+def test_short_lived_interpreter_clients_are_named_by_their_script(pod: Pod, start_sidecar) -> None:
+    """A Python client that connects and exits within milliseconds, while the sidecar idles (its
+    poll backs off): named by its script, not by its task name python3. The probes wake the
+    sidecar at exec and it reads /proc then, not at the client's first record, when the
+    client may be gone."""
+    app = free_port()
+    start_python_server(pod, app, inside=True, service="named-app")
+    sidecar = start_sidecar()
+    runs = 8
+    for _ in range(runs):
+        time.sleep(0.5)  # idle: the sidecar's poll is at its longest
+        out = pod.run([sys.executable, str(APPS / "raw_client.py"), str(app)],
+                      input=b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert out.stdout == b"HTTP/1.1 200 OK\n"
+    clients = by_kind(sidecar.wait_spans(2 * runs), "CLIENT", app)
+    assert len(clients) == runs
+    for r in (s["resource"] for s in clients):
+        assert (r["service.name"], r["process.executable.name"]) == ("raw_client", Path(sys.executable).resolve().name)
