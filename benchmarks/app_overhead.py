@@ -1,7 +1,7 @@
 """(1) Overhead on the instrumented app: nginx and a Python server in a pod, loaded by wrk
 from outside over keep-alive connections, paced and at full speed, with and without the
 sidecar, alternating; for nginx also with the sidecar's network metrics on (issue 10). The
-app's own CPU per request is utime+stime over each wrk run: for nginx, of its single worker,
+app's own CPU per request is CPU time over each wrk run: for nginx, of its single worker,
 pinned to cpu 1 with wrk on cpu 0 (issue 9's method); the sidecar's, over the same run until it
 has caught up.
 
@@ -99,9 +99,9 @@ def measure(ctx: Context) -> Section:
         "wrk's delay() hook with a monotonic-clock schedule, see lua/paced.lua) and then at full speed. "
         "Runs alternate without / with the sidecar (started fresh for each 'with' run, OTLP/gRPC to "
         "a receiver outside the pod); each ratio is with/without within the same run pair. "
-        "Latency: wrk's, from the request's write to the end of its response. App CPU per request: utime+stime of "
+        "Latency: wrk's, from the request's write to the end of its response. App CPU per request: CPU time of "
         "nginx's worker (of the whole Python process) over the wrk run, divided by the requests wrk completed; "
-        "it includes the probes' run time in the app's syscalls. Sidecar CPU per request: utime+stime of all "
+        "it includes the probes' run time in the app's syscalls. Sidecar CPU per request: CPU time of all "
         "its threads from the start of the wrk run until its CPU use fell below 0.05 cores (spans exported). "
         f"nginx also runs with the sidecar's network metrics on ({', '.join(f'{k}={v}' for k, v in NET_ENV.items())}), "
         "in the same alternation. The pod shares the host's network namespace and wrk reaches nginx over "

@@ -7,7 +7,7 @@ itself), started before a fresh sidecar so that its _asyncio is attached at the 
 The pod and apps of the causality measurement (tests/e2e/apps/causality_apps.py): the frontend
 answers GET /f/<id> by calling the backend. Per run, a fresh sidecar (metrics only: the app's side
 is what is measured) with BEYLA_ASYNCIO_TASKS=true or false, alternating; 20 keep-alive
-connections from outside the pod send the requests. The frontend's utime + stime per request
+connections from outside the pod send the requests. The frontend's CPU time per request
 holds the uprobes' whole cost (breakpoint traps on entry and return, the programs); bpf_stats
 gives the programs' share (beyla_aio_*) and how many times they ran per request.
 """
@@ -79,7 +79,7 @@ def measure(ctx: Context) -> Section:
                   f"{FRONTENDS[FRONTEND]} frontend calling a threaded backend in one pod, {requests} requests "
                   f"over {CONCURRENCY} keep-alive connections per run after {WARM_UP} to warm up; a fresh "
                   f"metrics-only sidecar per run with BEYLA_ASYNCIO_TASKS on or off, alternating; {runs} "
-                  "run(s) each. App CPU: the frontend's utime + stime per request (the uprobes' traps "
+                  "run(s) each. App CPU: the frontend's CPU time per request (the uprobes' traps "
                   "included); probe time: bpf_stats of beyla_aio_* per request. Per step: task_steps.py, "
                   f"{steps} steps of one Task, its own CPU time.")
     per: dict[str, list[dict]] = {m: [] for m in MODES}

@@ -11,7 +11,7 @@ from __future__ import annotations
 COMMIT = "520cfc3"
 
 OLD: dict[str, str] = {
-    # 1. App: nginx's own CPU per request (utime+stime of its pinned worker), full-speed wrk
+    # 1. App: nginx's own CPU per request (CPU time of its pinned worker), full-speed wrk
     "app_overhead.nginx.full.cpu_ratio": "×1.4–1.8",
     "app_overhead.nginx.full.without.cpu_us": "14.6",
     "app_overhead.nginx.full.with.cpu_us": "26–27",

@@ -163,9 +163,14 @@ class Pod:
 # ---------------------------------------------------------------- processes
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of pid, in seconds."""
-    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+    """CPU time of every thread of pid, in seconds: its process CPU clock (what
+    clock_getcpuclockid() gives, to the nanosecond), else utime + stime (in 10 ms clock ticks,
+    3.3 µs per exchange over a 3 s run at 1 000 req/s)."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # the kernel's CPUCLOCK_SCHED clock id of process pid
+    except OSError:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
 
 
 def status_kb(pid: int, key: str) -> int | None:

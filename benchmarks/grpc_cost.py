@@ -75,7 +75,7 @@ def method(s: Settings) -> str:
         "in 10 ms ticks). grpcio needs about 0.5 ms of CPU per call at each end here, hence the low rates. "
         "A fresh sidecar per run, in the two modes of section 2 (spans over OTLP/gRPC to the receiver outside "
         "the pod with metrics on, or metrics only), alternating. Both ends are in the pod: one call is two "
-        "HTTP/2 streams (client and server) and, with spans, two spans. CPU: utime+stime of all the sidecar's "
+        "HTTP/2 streams (client and server) and, with spans, two spans. CPU: CPU time of all the sidecar's "
         "threads from the start of the load until it has caught up (the receiver got the spans; metrics only: "
         "its CPU use fell below 0.05 cores), per call completed; with spans also split into the main thread "
         "and the others (OTLP export). Probe time: kernel.bpf_stats_enabled run time of the sidecar's programs "

@@ -69,7 +69,7 @@ def method(s: Settings) -> str:
         "redis-benchmark has no rate option: a bounded -n runs at full speed, not at a fixed rate. A fresh "
         "sidecar per run, in the two modes of section 2 (spans over OTLP/gRPC to the receiver outside the pod "
         "with metrics on, or metrics only), alternating. Both ends are in the pod: one operation is two "
-        "exchanges (client and server) and, with spans, two spans. CPU: utime+stime of all the sidecar's "
+        "exchanges (client and server) and, with spans, two spans. CPU: CPU time of all the sidecar's "
         "threads from the start of the load until it has caught up (the receiver got the spans; metrics only: "
         "its CPU use fell below 0.05 cores), per operation completed; with spans also split into the main "
         "thread and the others (OTLP export). Probe time: kernel.bpf_stats_enabled run time of the sidecar's "

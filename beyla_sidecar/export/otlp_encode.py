@@ -75,7 +75,7 @@ _SCOPE = _field(1, _field(1, b"beyla-sidecar") + _field(2, __version__.encode())
 
 
 # A finished span as it waits in an export queue: (encoded Resource, shared by the process's
-# spans; encoded Span message). A plain tuple of bytes: the garbage collector stops tracking it,
+# spans; the Span message, framed by SpanFrame). A plain tuple of bytes: the garbage collector stops tracking it,
 # where a NamedTuple would be scanned by every collection while tens of thousands wait for export.
 SpanItem = tuple[bytes, bytes]
 
@@ -108,20 +108,40 @@ class AttributeCache:
         return encoded
 
 
-def encode_span(trace_id: int, span_id: int, parent_span_id: int, flags: bytes, name: bytes, kind: int,
-                start_unix_ns: int, end_unix_ns: int, attributes: bytes, error: bool) -> bytes:
-    """A Span message. `name` is the encoded name field (span_name); `attributes` its KeyValues."""
-    return b"".join((
-        b"\x0a\x10", trace_id.to_bytes(16, "big"),
-        b"\x12\x08", span_id.to_bytes(8, "big"),
-        b"\x22\x08" + parent_span_id.to_bytes(8, "big") if parent_span_id else b"",
-        name,
-        b"\x30", _SMALL[kind],
-        _TIMES.pack(0x39, start_unix_ns, 0x41, end_unix_ns),
-        attributes,
-        _STATUS_ERROR if error else _STATUS_UNSET,
-        b"\x85\x01", flags,  # field 16, fixed32
-    ))
+class SpanFrame:
+    """The Span messages of one name, kind, status and attributes (all but the sizes): encoded
+    once, so that a span costs its ids, times and sizes. A span comes framed as a
+    ScopeSpans.spans field, which is how encode_request joins it (no second copy); a framed
+    span alone is a ScopeSpans message holding it."""
+
+    __slots__ = ("_head", "_attributes", "_local", "_remote", "_length")
+
+    def __init__(self, name: bytes, kind: int, attributes: bytes, last_attributes: bytes, error: bool) -> None:
+        """`name`: the encoded name field (span_name); `attributes` and `last_attributes`: the
+        KeyValues before and after each span's sizes."""
+        self._head = name + b"\x30" + _SMALL[kind]
+        self._attributes = attributes
+        tail = last_attributes + (_STATUS_ERROR if error else _STATUS_UNSET) + b"\x85\x01"  # flags: field 16, fixed32
+        self._local, self._remote = tail + FLAGS_LOCAL_PARENT, tail + FLAGS_REMOTE_PARENT
+        # ids (18 + 10), head, times (18), attributes, tail
+        self._length = 46 + len(self._head) + len(attributes) + len(self._local)
+
+    def encode(self, trace_id: int, span_id: int, parent_span_id: int, remote_parent: bool, start_unix_ns: int,
+               end_unix_ns: int, sizes: bytes) -> bytes:
+        """One span, framed; `sizes`: its size KeyValues."""
+        length = self._length + len(sizes)
+        if parent_span_id:
+            length += 10
+        return b"".join((
+            b"\x12", _varint(length),
+            b"\x0a\x10", trace_id.to_bytes(16, "big"),
+            b"\x12\x08", span_id.to_bytes(8, "big"),
+            b"\x22\x08" + parent_span_id.to_bytes(8, "big") if parent_span_id else b"",
+            self._head,
+            _TIMES.pack(0x39, start_unix_ns, 0x41, end_unix_ns),
+            self._attributes, sizes,
+            self._remote if remote_parent else self._local,
+        ))
 
 
 def span_name(name: str) -> bytes:
@@ -130,12 +150,17 @@ def span_name(name: str) -> bytes:
 
 
 def encode_request(items: Iterable[SpanItem]) -> bytes:
-    """The serialized ExportTraceServiceRequest: spans grouped by resource, one scope."""
+    """The serialized ExportTraceServiceRequest: spans (framed, SpanFrame) grouped by resource, one scope."""
     groups: dict[bytes, list[bytes]] = {}
     for resource, span in items:
         spans = groups.get(resource)
         if spans is None:
             spans = groups[resource] = [_SCOPE]
-        spans += (b"\x12", _varint(len(span)), span)  # ScopeSpans.spans (2)
-    return b"".join(_field(1, _field(1, resource) + _field(2, b"".join(spans)))
-                    for resource, spans in groups.items())
+        spans.append(span)
+    out: list[bytes] = []
+    for resource, spans in groups.items():
+        scope_spans = b"".join(spans)
+        resource_field = _field(1, resource)
+        out += (b"\x0a", _varint(len(resource_field) + 1 + len(_varint(len(scope_spans))) + len(scope_spans)),
+                resource_field, b"\x12", _varint(len(scope_spans)), scope_spans)
+    return b"".join(out)

@@ -14,7 +14,7 @@ from typing import IO
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from .otlp_encode import SpanItem
 
@@ -81,7 +81,7 @@ class PrintSink:
             resource = resources.get(encoded_resource)
             if resource is None:
                 resource = resources[encoded_resource] = _attributes(Resource.FromString(encoded_resource).attributes)
-            lines.append(self._render(Span.FromString(span), resource) + "\n")
+            lines.append(self._render(ScopeSpans.FromString(span).spans[0], resource) + "\n")  # framed
         try:
             self._out.write("".join(lines))
             self._out.flush()

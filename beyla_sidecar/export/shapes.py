@@ -18,7 +18,7 @@ from ..tracker.context import TraceContext
 from ..tracker.exchange import Exchange
 from ..tracker.routes import Drop, Routes
 from .metrics import Series, ServiceMetrics
-from .spans import SpanTemplate
+from .spans import SpanTemplate, SpanWriter
 from .traces import TraceExport
 
 SHAPES_LIMIT = 4096  # shapes remembered per service before its cache starts over
@@ -55,10 +55,9 @@ class Shape:
         """Where exchanges of this shape on `ex`'s connection go, for the tracker's short way
         (tracker/known.py); `resource`: their process's, encoded (TraceExport.resource)."""
         series = self.series(ex) if self.metrics is not None else None
-        server = ex.kind is _SERVER
-        network = self._export.network(ex.conn, server, self.template) if self.template is not None else b""
-        return ShapeOutput(self.metrics if series is not None else None, series, self._export, self.template,
-                           server, network, resource)
+        t = self.template
+        writer = self._export.writer(ex.conn, ex.kind is _SERVER, t) if t is not None else None
+        return ShapeOutput(self.metrics if series is not None else None, series, self._export, writer, resource)
 
     def _new_series(self, ex: Exchange) -> Series | None:
         metrics = self.metrics
@@ -119,22 +118,19 @@ class ShapeOutput:
     """The exchanges of one shape on one connection, from their times and sizes alone: a
     protocol's Repeats promise that its metric values are duration, request and response size."""
 
-    __slots__ = ("_metrics", "_series", "_export", "_template", "_server", "_network", "_resource")
+    __slots__ = ("_metrics", "_series", "_export", "_writer", "_resource")
 
     def __init__(self, metrics: ServiceMetrics | None, series: Series | None, export: TraceExport,
-                 template: SpanTemplate | None, server: bool, network: bytes, resource: bytes) -> None:
+                 writer: SpanWriter | None, resource: bytes) -> None:
         self._metrics = metrics
         self._series = series
         self._export = export
-        self._template = template
-        self._server = server
-        self._network = network
+        self._writer = writer  # None: no span destination, or the route is ignored for traces
         self._resource = resource
 
     def emit(self, ctx: TraceContext | None, start_ns: int, end_ns: int, request_size: int,
              response_size: int) -> None:
         if self._metrics is not None:
             self._metrics.add(self._series, ((end_ns - start_ns) / 1e9, request_size, response_size))
-        if ctx is not None and ctx.sampled and self._template is not None:
-            self._export.submit_values(ctx, self._server, start_ns, end_ns, request_size, response_size,
-                                       self._template, self._network, self._resource)
+        if ctx is not None and ctx.sampled and self._writer is not None:
+            self._export.put(self._resource, self._writer.encode(ctx, start_ns, end_ns, request_size, response_size))

@@ -9,10 +9,7 @@ from ..bpf.events import ConnTuple
 from ..protocols.base import SpanDescription, SpanKind
 from ..tracker.context import TraceContext
 from ..tracker.exchange import Exchange
-from .otlp_encode import (
-    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache, encode_span,
-    key_value, span_name,
-)
+from .otlp_encode import CACHE_LIMIT, KIND_CLIENT, KIND_SERVER, AttributeCache, SpanFrame, key_value, span_name
 
 _SERVER = SpanKind.SERVER  # an Enum member looked up on its class runs Python code (3.11): once here
 
@@ -56,14 +53,41 @@ class SpanTemplate(NamedTuple):
     error: bytes  # the error.type attribute, b"" for none
 
 
+class SpanWriter:
+    """The spans of one template on one connection and side: everything but their ids, times
+    and sizes encoded once (SpanFrame)."""
+
+    __slots__ = ("_clock", "_get", "_sizes", "_frame")
+
+    def __init__(self, clock: Clock, attributes: AttributeCache, t: SpanTemplate, server: bool,
+                 network: bytes) -> None:
+        self._clock = clock
+        self._get = attributes.get
+        self._sizes = t.sizes
+        self._frame = SpanFrame(t.name, KIND_SERVER if server else KIND_CLIENT, t.attributes, network + t.error,
+                                bool(t.error))
+
+    def encode(self, ctx: TraceContext, start_ns: int, end_ns: int, request_size: int | None,
+               response_size: int | None) -> bytes:
+        """A span (framed, SpanFrame) from what differs between the exchanges of its template."""
+        req_size, resp_size = self._sizes
+        sizes = b""
+        if req_size is not None and request_size:
+            sizes = self._get(req_size, request_size)
+        if resp_size is not None and response_size:
+            sizes += self._get(resp_size, response_size)
+        offset = self._clock.offset
+        return self._frame.encode(ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.parent_remote,
+                                  start_ns + offset, end_ns + offset, sizes)
+
+
 class SpanEncoder:
-    """Encodes exchanges as OTLP Span messages, caching what repeats across spans."""
+    """Encodes exchanges as OTLP spans, with a writer per connection, side and template."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._attributes = AttributeCache()  # body sizes and network attributes
-        # A connection's network attributes, encoded per connection, side and what the protocol overrides.
-        self._network: dict[tuple[ConnTuple, bool, frozenset[str]], bytes] = {}
+        self._writers: dict[tuple[ConnTuple, bool, SpanTemplate], SpanWriter] = {}
 
     @staticmethod
     def template(desc: SpanDescription, sizes: tuple[str | None, str | None]) -> SpanTemplate:
@@ -74,41 +98,26 @@ class SpanEncoder:
                             NETWORK_KEYS.intersection(attrs), error)
 
     def encode(self, ex: Exchange, t: SpanTemplate) -> bytes:
-        """The Span message of `ex`, whose shape's template is `t`."""
+        """The span of `ex` (framed, SpanFrame), whose shape's template is `t`."""
         ctx = ex.context
         assert ctx is not None
         server = ex.kind is _SERVER  # not a dict of kinds: hashing an Enum runs Python code
         request, response = ex.request, ex.response
+        writer = self.writer(ex.conn, server, t)
         if response is None:
-            return self.encode_values(ctx, server, request.start_ns, request.end_ns, request.size, None, t,
-                                      self.network(ex.conn, server, t.own_network))
-        return self.encode_values(ctx, server, request.start_ns, response.end_ns, request.size, response.size, t,
-                                  self.network(ex.conn, server, t.own_network))
+            return writer.encode(ctx, request.start_ns, request.end_ns, request.size, None)
+        return writer.encode(ctx, request.start_ns, response.end_ns, request.size, response.size)
 
-    def encode_values(self, ctx: TraceContext, server: bool, start_ns: int, end_ns: int, request_size: int | None,
-                      response_size: int | None, t: SpanTemplate, network: bytes) -> bytes:
-        """The Span message of an exchange of template `t`, from what differs between its exchanges;
-        `network`: the encoded network attributes of its connection (network())."""
-        offset = self._clock.offset
-        attrs = t.attributes
-        req_size, resp_size = t.sizes
-        if req_size is not None and request_size:
-            attrs += self._attributes.get(req_size, request_size)
-        if resp_size is not None and response_size:
-            attrs += self._attributes.get(resp_size, response_size)
-        return encode_span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
-                           FLAGS_REMOTE_PARENT if ctx.parent_remote else FLAGS_LOCAL_PARENT,
-                           t.name, KIND_SERVER if server else KIND_CLIENT,
-                           start_ns + offset, end_ns + offset, attrs + network + t.error, bool(t.error))
-
-    def network(self, conn: ConnTuple, server: bool, own: frozenset[str]) -> bytes:
-        """The encoded network attributes of a connection's spans of one side, bar those the
-        protocol sets itself (`own`)."""
-        block = self._network.get((conn, server, own))
-        if block is None:
-            if len(self._network) >= CACHE_LIMIT:
-                self._network.clear()
+    def writer(self, conn: ConnTuple, server: bool, t: SpanTemplate) -> SpanWriter:
+        """The writer of a connection's spans of one side and template: its network attributes
+        are the connection's, bar those the protocol sets itself."""
+        key = (conn, server, t)
+        writer = self._writers.get(key)
+        if writer is None:
+            if len(self._writers) >= CACHE_LIMIT:
+                self._writers.clear()
             get = self._attributes.get
-            block = self._network[(conn, server, own)] = b"".join(
-                get(k, v) for k, v in network_attributes(conn, server).items() if k not in own)
-        return block
+            network = b"".join(get(k, v) for k, v in network_attributes(conn, server).items()
+                               if k not in t.own_network)
+            writer = self._writers[key] = SpanWriter(self._clock, self._attributes, t, server, network)
+        return writer

@@ -22,11 +22,10 @@ from opentelemetry.sdk.resources import Resource
 from ..config import Config
 from ..bpf.events import ConnTuple
 from ..protocols.base import SpanDescription
-from ..tracker.context import TraceContext
 from ..tracker.exchange import Exchange
 from .otlp_encode import SpanItem, encode_request, encode_resource
 from .printers import PrintSink
-from .spans import Clock, SpanEncoder, SpanTemplate
+from .spans import Clock, SpanEncoder, SpanTemplate, SpanWriter
 
 log = structlog.get_logger()
 
@@ -224,20 +223,15 @@ class TraceExport:
 
     def submit(self, ex: Exchange, template: SpanTemplate, resource: bytes) -> None:
         """Queue the span of a sampled exchange, of the shape `template` encodes, on every destination."""
-        self._put((resource, self._encoder.encode(ex, template)))
+        self.put(resource, self._encoder.encode(ex, template))
 
-    def submit_values(self, ctx: TraceContext, server: bool, start_ns: int, end_ns: int, request_size: int,
-                      response_size: int, template: SpanTemplate, network: bytes, resource: bytes) -> None:
-        """submit() from what differs between exchanges of a template (tracker/known.py's short way);
-        `network` from network()."""
-        self._put((resource, self._encoder.encode_values(ctx, server, start_ns, end_ns, request_size, response_size,
-                                                         template, network)))
+    def writer(self, conn: ConnTuple, server: bool, template: SpanTemplate) -> SpanWriter:
+        """What encodes a connection's spans of `template` (tracker/known.py's short way: put() them)."""
+        return self._encoder.writer(conn, server, template)
 
-    def network(self, conn: ConnTuple, server: bool, template: SpanTemplate) -> bytes:
-        """The encoded network attributes of a connection's spans of `template`."""
-        return self._encoder.network(conn, server, template.own_network)
-
-    def _put(self, item: SpanItem) -> None:
+    def put(self, resource: bytes, span: bytes) -> None:
+        """Queue an encoded span (SpanWriter) of the process of `resource` on every destination."""
+        item = (resource, span)
         for queue in self._queues:
             queue.put(item)
 

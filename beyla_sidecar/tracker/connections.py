@@ -39,7 +39,7 @@ from ..bpf.events import (EXCHANGE_DATA, FLAG_CONTEXT, FLAG_CONTEXT_REMOTE, FLAG
 from ..protocols import guess_protocol
 from ..protocols.base import Parsed, Protocol, SpanKind
 from ..protocols.http2 import HTTP2, StreamDone
-from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, server_context
+from .context import PARENT_BASED_ALWAYS_ON, Sampler, TraceContext, client_context, root_context, server_context
 from .exchange import Exchange
 from .known import KNOWN_PER_CONNECTION, Key, Known, Output
 from .tasks import TaskParents
@@ -364,7 +364,7 @@ class Tracker:
         if self._traces:
             if not server and parent:
                 return False  # its parent is to be found
-            ctx = server_context(None, self._sampler) if server else client_context(None, self._sampler)
+            ctx = root_context(self._sampler)  # no traceparent, no parent: what either kind's context comes to
         stats = self.stats
         stats.records += 1
         stats.bytes += req_bytes + resp_bytes

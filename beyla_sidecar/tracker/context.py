@@ -132,7 +132,7 @@ def server_context(traceparent: str | None, sampler: Sampler = PARENT_BASED_ALWA
     if incoming is None and remote_span and kernel_trace:
         incoming = kernel_trace, remote_span, True
     if incoming is None:
-        return _root(sampler, kernel_trace)
+        return root_context(sampler, kernel_trace)
     trace_id, parent, parent_sampled = incoming
     return TraceContext(trace_id, new_span_id(), parent, True, sampler(trace_id, parent_sampled))
 
@@ -148,12 +148,12 @@ def client_context(serving: TraceContext | None, sampler: Sampler = PARENT_BASED
         return TraceContext(kernel_trace, kernel_span, 0, False,
                             True if sampler is PARENT_BASED_ALWAYS_ON else sampler(kernel_trace, None))
     if serving is None:
-        return _root(sampler)
+        return root_context(sampler)
     return TraceContext(serving.trace_id, new_span_id(), serving.span_id, False,
                         sampler(serving.trace_id, serving.sampled))
 
 
-def _root(sampler: Sampler, trace_id: int = 0) -> TraceContext:
+def root_context(sampler: Sampler, trace_id: int = 0) -> TraceContext:
     """A new trace (in trace_id when given): both ids from one draw (random.getrandbits costs
     more than the bits)."""
     bits = random.getrandbits(192)

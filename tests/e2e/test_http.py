@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ..kernel import bpf_prog_ids, loaded_programs, still_loaded
+from ..kernel import bpf_prog_ids, still_loaded
 from .nginx import start_nginx
 from .pod import APPS, Pod, free_port, wait_port
 

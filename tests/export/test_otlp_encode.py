@@ -9,8 +9,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from beyla_sidecar import __version__
 from beyla_sidecar.export.otlp_encode import (
-    CACHE_LIMIT, FLAGS_LOCAL_PARENT, FLAGS_REMOTE_PARENT, KIND_CLIENT, KIND_SERVER, AttributeCache,
-    encode_request, encode_resource, encode_span, span_name,
+    CACHE_LIMIT, KIND_CLIENT, KIND_SERVER, AttributeCache, SpanFrame, encode_request, encode_resource, key_value,
+    span_name,
 )
 
 SHOP = {"service.name": "shop", "process.pid": 17, "k8s.pod.name": "shop-1", "ratio": 0.5, "flag": True,
@@ -29,9 +29,9 @@ def kvs(attributes: dict[str, object]) -> list[KeyValue]:
 
 
 def our_span(i: int, kind: int = KIND_SERVER, parent: int = 0, remote: bool = False, error: bool = False) -> bytes:
-    return encode_span(0xABCDEF0123456789 + i, 0x1234 + i, parent, FLAGS_REMOTE_PARENT if remote else FLAGS_LOCAL_PARENT,
-                       span_name(f"GET /users/{{id}} ü{i}"), kind, 1_700_000_000_000_000_000 + i,
-                       1_700_000_000_500_000_000 + i, AttributeCache().encode(ATTRS), error)
+    frame = SpanFrame(span_name(f"GET /users/{{id}} ü{i}"), kind, AttributeCache().encode(ATTRS), b"", error)
+    return frame.encode(0xABCDEF0123456789 + i, 0x1234 + i, parent, remote, 1_700_000_000_000_000_000 + i,
+                        1_700_000_000_500_000_000 + i, b"")
 
 
 def official_span(i: int, kind: int = KIND_SERVER, parent: int = 0, remote: bool = False,
@@ -60,6 +60,22 @@ def test_request_groups_spans_by_resource_in_order() -> None:
     ours = encode_request(items)
     assert ExportTraceServiceRequest.FromString(ours) == expected
     assert ours == expected.SerializeToString()
+
+
+def test_a_frame_puts_each_spans_sizes_between_its_attributes_and_frames_long_spans() -> None:
+    """Attributes, then the span's own sizes, then the last attributes; a span longer than
+    16 KiB needs a 3-byte length."""
+    cache = AttributeCache()
+    frame = SpanFrame(span_name("op"), KIND_CLIENT, cache.encode({"a": 1}), cache.encode({"z": "y" * 20_000}), False)
+    framed = [frame.encode(5, 6, parent, remote, 10, 20, sizes)
+              for parent, remote, sizes in ((0, False, b""), (7, True, key_value(9, "size", 300)),
+                                            (8, False, key_value(9, "size", 1) + key_value(9, "other", 2)))]
+    spans = [ScopeSpans.FromString(f).spans for f in framed]
+    assert [len(s) for s in spans] == [1, 1, 1]
+    assert [[a.key for a in s[0].attributes] for s in spans] == [["a", "z"], ["a", "size", "z"], ["a", "size", "other", "z"]]
+    assert [(s[0].parent_span_id, s[0].flags) for s in spans] == [
+        (b"", 0x101), ((7).to_bytes(8, "big"), 0x301), ((8).to_bytes(8, "big"), 0x101)]
+    assert all(f == ScopeSpans(spans=s).SerializeToString() for f, s in zip(framed, spans))
 
 
 def test_resource_alone() -> None:

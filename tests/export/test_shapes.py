@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 from opentelemetry.sdk.resources import Resource
 
 from beyla_sidecar.bpf.events import ConnTuple
@@ -62,7 +62,7 @@ class Setup:
     def span(self, ex: Exchange) -> dict[str, object]:
         template = self.shapes.get(ex).template
         assert template is not None
-        span = Span.FromString(self.export._encoder.encode(ex, template))  # noqa: SLF001 (the bytes submit queues)
+        span = ScopeSpans.FromString(self.export._encoder.encode(ex, template)).spans[0]  # noqa: SLF001 (the bytes submit queues)
         return {a.key: a.value.int_value or a.value.string_value for a in span.attributes}
 
     def close(self) -> None:

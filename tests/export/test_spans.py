@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from beyla_sidecar.bpf.events import ConnTuple
 from beyla_sidecar.export.spans import Clock, SpanEncoder
@@ -38,7 +38,7 @@ def encode(ex: Exchange, desc: SpanDescription, encoder: SpanEncoder | None = No
 
 
 def decode(ex: Exchange, desc: SpanDescription, encoder: SpanEncoder | None = None) -> Span:
-    return Span.FromString(encode(ex, desc, encoder))
+    return ScopeSpans.FromString(encode(ex, desc, encoder)).spans[0]
 
 
 def kv(key: str, value: str | int | float | bool) -> KeyValue:
@@ -64,7 +64,7 @@ def test_server_span_every_field() -> None:
     assert span.parent_span_id == b"" and span.trace_state == "" and not span.events and not span.links
     assert span.status.code == Status.STATUS_CODE_UNSET
     # Field for field, byte for byte what the official protobuf writes.
-    assert encode(exchange(SpanKind.SERVER), SERVER_DESC) == expected.SerializeToString()
+    assert encode(exchange(SpanKind.SERVER), SERVER_DESC) == ScopeSpans(spans=[expected]).SerializeToString()
 
 
 def test_client_span_with_local_parent_error_and_host() -> None:
@@ -121,7 +121,7 @@ def test_sizes_are_set_per_exchange_when_not_zero() -> None:
     sizes = []
     for req_size, resp_size in ((0, 12), (3, 0), (7, 4096)):
         ex.request.size, ex.response.size = req_size, resp_size
-        attrs = {a.key: a.value.int_value for a in Span.FromString(encoder.encode(ex, template)).attributes}
+        attrs = {a.key: a.value.int_value for a in ScopeSpans.FromString(encoder.encode(ex, template)).spans[0].attributes}
         sizes.append((attrs.get("http.request.body.size"), attrs.get("http.response.body.size")))
     assert sizes == [(None, 12), (3, None), (7, 4096)]
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 
 from beyla_sidecar.config import Config, load
 from beyla_sidecar.export.otlp_encode import SpanItem
@@ -297,5 +297,5 @@ def test_batches_keep_submission_order_and_size() -> None:
     assert [len(b) for b in sink.batches] == [7, 7, 6]
     items = [item for batch in sink.batches for item in batch]
     assert {resource for resource, _ in items} == {b"r"}
-    assert [Span.FromString(span).span_id for _, span in items] == [
+    assert [ScopeSpans.FromString(span).spans[0].span_id for _, span in items] == [
         ex.context.span_id.to_bytes(8, "big") for ex in exchanges]
