@@ -158,9 +158,10 @@ def encode_request(items: Iterable[SpanItem]) -> bytes:
             spans = groups[resource] = [_SCOPE]
         spans.append(span)
     out: list[bytes] = []
-    for resource, spans in groups.items():
-        scope_spans = b"".join(spans)
+    for resource, spans in groups.items():  # one join: a copy of a batch costs ~0.3 us a span (page faults)
+        size = sum(map(len, spans))
         resource_field = _field(1, resource)
-        out += (b"\x0a", _varint(len(resource_field) + 1 + len(_varint(len(scope_spans))) + len(scope_spans)),
-                resource_field, b"\x12", _varint(len(scope_spans)), scope_spans)
+        scope_spans = b"\x12" + _varint(size)  # ResourceSpans.scope_spans (2), then its spans
+        out += (b"\x0a", _varint(len(resource_field) + len(scope_spans) + size), resource_field, scope_spans)
+        out += spans
     return b"".join(out)
