@@ -75,8 +75,9 @@ _SCOPE = _field(1, _field(1, b"beyla-sidecar") + _field(2, __version__.encode())
 
 
 # A finished span as it waits in an export queue: (encoded Resource, shared by the process's
-# spans; the Span message, framed by SpanFrame). A plain tuple of bytes: the garbage collector stops tracking it,
-# where a NamedTuple would be scanned by every collection while tens of thousands wait for export.
+# spans; the Span message, framed by SpanFrame). A plain tuple of bytes: the garbage collector
+# stops tracking it, where a NamedTuple would be scanned by every collection while tens of
+# thousands wait for export.
 SpanItem = tuple[bytes, bytes]
 
 

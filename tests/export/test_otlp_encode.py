@@ -72,7 +72,8 @@ def test_a_frame_puts_each_spans_sizes_between_its_attributes_and_frames_long_sp
                                             (8, False, key_value(9, "size", 1) + key_value(9, "other", 2)))]
     spans = [ScopeSpans.FromString(f).spans for f in framed]
     assert [len(s) for s in spans] == [1, 1, 1]
-    assert [[a.key for a in s[0].attributes] for s in spans] == [["a", "z"], ["a", "size", "z"], ["a", "size", "other", "z"]]
+    assert [[a.key for a in s[0].attributes] for s in spans] == [
+        ["a", "z"], ["a", "size", "z"], ["a", "size", "other", "z"]]
     assert [(s[0].parent_span_id, s[0].flags) for s in spans] == [
         (b"", 0x101), ((7).to_bytes(8, "big"), 0x301), ((8).to_bytes(8, "big"), 0x101)]
     assert all(f == ScopeSpans(spans=s).SerializeToString() for f, s in zip(framed, spans))

@@ -62,7 +62,8 @@ class Setup:
     def span(self, ex: Exchange) -> dict[str, object]:
         template = self.shapes.get(ex).template
         assert template is not None
-        span = ScopeSpans.FromString(self.export._encoder.encode(ex, template)).spans[0]  # noqa: SLF001 (the bytes submit queues)
+        framed = self.export._encoder.encode(ex, template)  # noqa: SLF001 (the bytes submit queues)
+        span = ScopeSpans.FromString(framed).spans[0]
         return {a.key: a.value.int_value or a.value.string_value for a in span.attributes}
 
     def close(self) -> None:

@@ -121,7 +121,8 @@ def test_sizes_are_set_per_exchange_when_not_zero() -> None:
     sizes = []
     for req_size, resp_size in ((0, 12), (3, 0), (7, 4096)):
         ex.request.size, ex.response.size = req_size, resp_size
-        attrs = {a.key: a.value.int_value for a in ScopeSpans.FromString(encoder.encode(ex, template)).spans[0].attributes}
+        span = ScopeSpans.FromString(encoder.encode(ex, template)).spans[0]
+        attrs = {a.key: a.value.int_value for a in span.attributes}
         sizes.append((attrs.get("http.request.body.size"), attrs.get("http.response.body.size")))
     assert sizes == [(None, 12), (3, None), (7, 4096)]
 
