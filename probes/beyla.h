@@ -127,7 +127,7 @@ struct exchange {
 	__u32 resp_head;
 	__u16 req_len;       /* request prefix bytes */
 	__u16 resp_len;      /* response prefix bytes */
-	__u16 resp_off;      /* offset of the response prefix in data[] (= req_capture) */
+	__u16 resp_off;      /* offset of the response prefix in data[] (= req_len) */
 	__u16 _pad;
 	__u8 trace_id[16];   /* FLAG_CONTEXT: W3C ids, in their text order (big-endian) */
 	__u8 span_id[8];

@@ -344,6 +344,17 @@ __noinline int append_prefix(struct conn_state *st, const struct xfer *x, __u32 
 	return 0;
 }
 
+/* A later transfer of a message whose prefix is filling: one without a user buffer (sendfile)
+ * ends the filling without the call. */
+static __always_inline void append_more(struct conn_state *st, const struct xfer *x, __u32 moved,
+					bool response)
+{
+	if (x->buf)
+		append_prefix(st, x, moved, response);
+	else
+		st->filling = false;
+}
+
 /* Has user space ended this exchange already (its idle sweep)? Only an exchange quiet for
  * swept_after_ns can be: the lookup is skipped for all others. */
 static __always_inline bool was_swept(const struct exchange *rec, __u64 now)
@@ -508,7 +519,9 @@ static __always_inline void start_response(struct conn_state *st, __u64 key, con
 		if (asyncio_probed())
 			rec->tasks[0] = running_task(tid);
 	}
-	rec->resp_len = capture(st, req_capture, resp_capture, RESP_CAPTURE_MAX, x, moved);
+	/* right after the request prefix, which is complete now: the record sent ends there */
+	rec->resp_off = rec->req_len;
+	rec->resp_len = capture(st, rec->resp_off, resp_capture, RESP_CAPTURE_MAX, x, moved);
 	st->filling = rec->resp_len == moved && moved < resp_capture;
 }
 
@@ -547,7 +560,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->req_bytes > moved))
 			scan_head(st, x, moved, 0, rec->req_len, &rec->req_head, true);
 		if (st->filling && rec->req_bytes > moved) /* a later transfer: the prefix goes on */
-			append_prefix(st, x, moved, false);
+			append_more(st, x, moved, false);
 		return;
 	}
 	if (st->phase == PHASE_IDLE) {
@@ -564,7 +577,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 	if (st->scanning == SCAN_RUNNING || (st->scanning == SCAN_DEFERRED && rec->resp_bytes > moved))
 		scan_head(st, x, moved, rec->resp_off, rec->resp_len, &rec->resp_head, false);
 	if (st->filling && rec->resp_bytes > moved)
-		append_prefix(st, x, moved, true);
+		append_more(st, x, moved, true);
 	/* only while the transfer starts inside the prefix: the 101 head must be in it, and the
 	 * server's first frames often come in the same transfer */
 	if (rec->resp_len >= 16 && rec->resp_bytes - moved < RESP_CAPTURE_MAX && switching_protocols(rec))

@@ -61,9 +61,10 @@ def traffic() -> Iterator[Callable[[list[dict], bool], Traffic]]:
             run.proc.wait()
 
 
-def collect(probes: Probes, done: Callable[[list], bool], wait_s: float = 5.0) -> list[Event | ExchangeRecord]:
+def collect(probes: Probes, done: Callable[[list], bool], wait_s: float = 5.0,
+            sizes: list[int] | None = None) -> list[Event | ExchangeRecord]:
     """Drain the ring buffer until done(events) or wait_s passed; then drain once more so
-    that any unexpected extra record is seen too."""
+    that any unexpected extra record is seen too. `sizes`: gets each record's length."""
     events: list[Event | ExchangeRecord] = []
     decoder = Decoder()
 
@@ -71,6 +72,8 @@ def collect(probes: Probes, done: Callable[[list], bool], wait_s: float = 5.0) -
         event = decoder.decode(record)
         assert event is not None, record
         events.append(event)
+        if sizes is not None:
+            sizes.append(len(record))
 
     deadline = time.monotonic() + wait_s
     while not done(events) and time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from beyla_sidecar.bpf import features
-from beyla_sidecar.bpf.events import End, Event, EventType, ExchangeRecord, Role
+from beyla_sidecar.bpf.events import EXCHANGE_DATA, End, Event, EventType, ExchangeRecord, Role
 from beyla_sidecar.bpf.libbpf import BpfError, BpfObject
 from beyla_sidecar.bpf.loader import Probes, pid_namespace_inode
 from beyla_sidecar.bpf.strategy import TRACEPOINT, UPROBE_PROGRAMS
@@ -67,8 +67,9 @@ def exchanges(events: list) -> list[ExchangeRecord]:
 
 
 def run_pod_traffic(probes: Probes, traffic: Callable[[list[dict], bool], Traffic],
-                    plan: list[dict]) -> tuple[list, dict, dict]:
-    """Same plan inside a new PID namespace (allowed) and outside it, concurrently."""
+                    plan: list[dict], sizes: list[int] | None = None) -> tuple[list, dict, dict]:
+    """Same plan inside a new PID namespace (allowed) and outside it, concurrently (`sizes`: as
+    collect's)."""
     inside, outside = traffic(plan, True), traffic(plan, False)
     assert inside.ns_inode != outside.ns_inode == pid_namespace_inode()
     probes.allow_pid_namespace(inside.ns_inode)
@@ -77,7 +78,8 @@ def run_pod_traffic(probes: Probes, traffic: Callable[[list[dict], bool], Traffi
     inside_result, outside_result = inside.result(), outside.result()
     total = 2 + 2 * len(plan) + 2  # opens, exchanges, closes
     events = collect(probes, lambda evs: sum(e.type != EventType.PROCESS_LISTEN for e in evs
-                                             if isinstance(e, Event)) + len(exchanges(evs)) >= total)
+                                             if isinstance(e, Event)) + len(exchanges(evs)) >= total,
+                     sizes=sizes)
     return events, inside_result, outside_result
 
 
@@ -128,6 +130,15 @@ def test_capture_sizes_limit_prefixes_not_byte_counts(
     assert sorted((r.role, r.req_bytes, r.resp_bytes, len(r.request), len(r.response))
                   for r in exchanges(events)) == [(Role.SERVER, 3000, 2000, 300, 100), (Role.CLIENT, 3000, 2000, 300, 100)]
     assert {r.request for r in exchanges(events)} == {payload("req0", 3000)[:300]}
+
+
+def test_an_exchange_record_ends_with_its_response_prefix(
+        probes: Probes, traffic: Callable[[list[dict], bool], Traffic]) -> None:
+    """The response prefix follows the request's in the record: no unused capture room is sent."""
+    sizes: list[int] = []
+    events, _, _ = run_pod_traffic(probes, traffic, PLAN[:2], sizes)
+    got = [(len(e.request), len(e.response), size) for e, size in zip(events, sizes) if isinstance(e, ExchangeRecord)]
+    assert sorted(got) == sorted([(100, 50, EXCHANGE_DATA + 150)] * 2 + [(200, 60, EXCHANGE_DATA + 260)] * 2)
 
 
 def lost(counters: dict[str, int]) -> int:
