@@ -389,13 +389,15 @@ class Probes:
         the kernel sends them after it."""
         self._object()
         out = []
-        for key in list(self._conns.keys()):
-            value = self._conns.lookup(key)
-            if value is None or value[0] != PHASE_RESPONSE or not value[ANNOUNCED_IN_STATE]:
+        for key_view, view in self._conns.lookup_batch():  # one bpf() call per 256 connections
+            if view[0] != PHASE_RESPONSE or not view[ANNOUNCED_IN_STATE]:
                 continue
-            resp_end = RESP_END_IN_STATE.unpack_from(value)[0]
+            resp_end = RESP_END_IN_STATE.unpack_from(view)[0]
+            if not resp_end or now_ns - resp_end < idle_ns:
+                continue
             # read twice: the kernel updates the value in place, a torn copy differs
-            if not resp_end or now_ns - resp_end < idle_ns or value != self._conns.lookup(key):
+            value = bytes(view)
+            if value != self._conns.lookup(bytes(key_view)):
                 continue
             rec = decode_exchange(memoryview(value)[CONN_STATE.size:], End.SWEEP)
             if rec is not None:
