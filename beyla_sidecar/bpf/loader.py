@@ -41,6 +41,8 @@ WAKEUP_FRACTION = 4
 COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops", "h2_chunk_drops")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+# conns entries per bpf() call of the idle sweep: one call for most pods, ~100 KB of buffer
+SWEEP_BATCH = 64
 _LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port
 _EXE_ID = struct.Struct("<QII")  # struct exe_id: inode, dev (kernel dev_t), generation
 _SELECTED = 1  # enum selection in probes/gate.h (2: PENDING)
@@ -389,7 +391,7 @@ class Probes:
         the kernel sends them after it."""
         self._object()
         out = []
-        for key_view, view in self._conns.lookup_batch():  # one bpf() call per 256 connections
+        for key_view, view in self._conns.lookup_batch(SWEEP_BATCH):
             if view[0] != PHASE_RESPONSE or not view[ANNOUNCED_IN_STATE]:
                 continue
             resp_end = RESP_END_IN_STATE.unpack_from(view)[0]
