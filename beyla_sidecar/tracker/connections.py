@@ -323,7 +323,7 @@ class Tracker:
         None when its protocol cannot tell, or the connection knows its key already."""
         if rec.flags & _OWN_CONTEXT or rec.tasks or not rec.resp_start_ns:
             return None
-        key = (rec.request, rec.response, rec.req_head, rec.resp_head, rec.flags)
+        key = (rec.request + rec.response, len(rec.request), rec.req_head, rec.resp_head, rec.flags)
         if c.known is not None and key in c.known:
             return None
         assert c.protocol is not None
@@ -351,9 +351,10 @@ class Tracker:
         c = self._conns.get(sock_id)
         if c is None or c.known is None or c.pid != pid or c.ignored:
             return False
-        data = EXCHANGE_DATA
-        k = c.known.get((bytes(record[data:data + req_len]), bytes(record[data + resp_off:data + resp_off + resp_len]),
-                         req_head, resp_head, flags))
+        if resp_off != req_len:  # the probes put the response prefix right after the request's
+            return False
+        k = c.known.get((bytes(record[EXCHANGE_DATA:EXCHANGE_DATA + req_len + resp_len]), req_len, req_head, resp_head,
+                         flags))
         if k is None or k.protocol is not c.protocol or k.output is None:
             return False
         request_size = req_bytes - k.request_head

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # Keys a connection remembers before it starts over: a server's Date header changes its
 # response prefix every second, so keys of the past are dropped now and then.
 KNOWN_PER_CONNECTION = 64
-Key = tuple[bytes, bytes, int, int, int]  # request prefix, response prefix, their head lengths, flags
+Key = tuple[bytes, int, int, int, int]  # request + response prefixes, request prefix length, head lengths, flags
 
 
 class Output(Interface):

@@ -37,8 +37,11 @@ def exchange(sock: int, start: int, request: bytes = REQ, response: bytes | None
         len(request), len(resp), parent, 0, 0, request[:REQ_PREFIX], resp[:RESP_PREFIX], b"", tasks=tasks)
 
 
-def ring_bytes(rec: ExchangeRecord, resp_off: int = REQ_PREFIX) -> bytes:
-    """`rec` as the probes put it on the ring (struct exchange, probes/beyla.h)."""
+def ring_bytes(rec: ExchangeRecord, resp_off: int | None = None) -> bytes:
+    """`rec` as the probes put it on the ring (struct exchange, probes/beyla.h): the response prefix
+    right after the request's, unless `resp_off` places it elsewhere."""
+    if resp_off is None:
+        resp_off = len(rec.request)
     trace = rec.trace_id.to_bytes(16, "big") if rec.trace_id else b""
     span = rec.span_id.to_bytes(8, "big") if rec.span_id else b""
     parent = rec.parent or (0, 0)
@@ -47,7 +50,7 @@ def ring_bytes(rec: ExchangeRecord, resp_off: int = REQ_PREFIX) -> bytes:
                          rec.req_start_ns, rec.req_end_ns, rec.resp_start_ns, rec.resp_end_ns, rec.req_bytes,
                          rec.resp_bytes, *parent, rec.req_head, rec.resp_head, len(rec.request), len(rec.response),
                          resp_off, trace, span, *tasks)
-    data = bytearray(resp_off + RESP_PREFIX)
+    data = bytearray(resp_off + len(rec.response))
     data[:len(rec.request)] = rec.request
     data[resp_off:resp_off + len(rec.response)] = rec.response
     return head + rec.traceparent.ljust(TRACEPARENT_CAPTURE, b"\0") + bytes(data)

@@ -119,10 +119,11 @@ def test_records_it_cannot_tell_alike_take_the_full_way() -> None:
                                                   b"00f067aa0ba902b7-01")))
     run.feed(ring_bytes(base._replace(req_start_ns=4000, tasks=(0x7F00,))))
     run.feed(ring_bytes(base._replace(req_start_ns=5000, pid=PID + 1)))  # another process's socket
+    run.feed(ring_bytes(base._replace(req_start_ns=5500), resp_off=256))  # its response prefix not next
     call = exchange(9, 6000, role=Role.CLIENT, parent=(1, 1000))
     run.feed(ring_bytes(call))
     run.feed(ring_bytes(call._replace(req_start_ns=7000)))  # its parent is to be found
-    assert run.full == known + 6
+    assert run.full == known + 7
     assert run.tracker.stats.pipelined == {"http": 1}
 
 
