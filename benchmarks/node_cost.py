@@ -82,8 +82,8 @@ def measure(ctx: Context) -> Section:
         f"in MB/s; (c) socket calls, c/sockcalls.c writing and reading one byte over a Unix socketpair "
         f"{CALL_PAIRS:,} times (median of 3), in ns per write+read pair: the cost that every sidecar's "
         "sock_send_length/sock_recv_length programs add to each socket call of every process of the node, "
-        f"stripped of everything else. Measured with 0, 1 and {n} sidecars attached, each alone in its own pod (idle: nothing "
-        "in their namespaces to trace, so this is the filter's cost plus the sidecars' idle polling). "
+        f"stripped of everything else. Measured with 0, 1 and {n} sidecars attached, each alone in its own pod "
+        "(idle: nothing in their namespaces to trace, so this is the filter's cost plus the sidecars' idle polling). "
         "Runs alternate the order (0,1,N / N,1,0); ratios are against 0 sidecars in the same run. "
         "Goals: socket I/O >= 0.98 with 1 sidecar and >= 0.95 with 10; file I/O >= 0.98 per sidecar: "
         "1 − (1 − ratio)/sidecars >= 0.98.")

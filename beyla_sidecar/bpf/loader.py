@@ -39,10 +39,10 @@ WAKEUP_FRACTION = 4
 # Indexes of enum counter_index in probes/beyla.h. A record the ring refused counts once: in
 # event_drops (connection and process events) or exchange_drops (one request and its response).
 COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops", "h2_chunk_drops")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 # conns entries per bpf() call of the idle sweep: one call for most pods, ~100 KB of buffer
 SWEEP_BATCH = 64
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port
 _EXE_ID = struct.Struct("<QII")  # struct exe_id: inode, dev (kernel dev_t), generation
 _SELECTED = 1  # enum selection in probes/gate.h (2: PENDING)

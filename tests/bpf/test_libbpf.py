@@ -16,7 +16,8 @@ def test_lookup_batch_walks_every_entry_once_across_batches(probes: Probes) -> N
     for key, value in entries.items():
         conns.update(key, value)
     try:
-        seen = [(bytes(k), bytes(v)) for k, v in conns.lookup_batch(batch=256)]  # 3 batches, the last short
+        # 3 or more batches: each holds whole hash buckets
+        seen = [(bytes(k), bytes(v)) for k, v in conns.lookup_batch(batch=256)]
     finally:
         for key in entries:
             conns.delete(key)

@@ -137,7 +137,8 @@ def test_an_exchange_record_ends_with_its_response_prefix(
     """The response prefix follows the request's in the record: no unused capture room is sent."""
     sizes: list[int] = []
     events, _, _ = run_pod_traffic(probes, traffic, PLAN[:2], sizes)
-    got = [(len(e.request), len(e.response), size) for e, size in zip(events, sizes) if isinstance(e, ExchangeRecord)]
+    got = [(len(e.request), len(e.response), size)
+           for e, size in zip(events, sizes) if isinstance(e, ExchangeRecord)]
     assert sorted(got) == sorted([(100, 50, EXCHANGE_DATA + 150)] * 2 + [(200, 60, EXCHANGE_DATA + 260)] * 2)
 
 
