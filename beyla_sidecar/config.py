@@ -396,12 +396,12 @@ class Config:
         "BEYLA_RINGBUF_SIZE", "8388608",
         "Ring buffer size in bytes: a power of two from the page size (usually 4096) to 1 GiB.", _ringbuf_size)
     poll_interval: float = _env(
-        "BEYLA_POLL_INTERVAL_MS", "100",
+        "BEYLA_POLL_INTERVAL_MS", "250",
         "How often the ring buffer is drained, above 0 and at most 1000 (a lower value backs off to "
-        "100 ms while the pod is idle); probes submit without wake-ups until the ring is a quarter full, "
+        "250 ms while the pod is idle); probes submit without wake-ups until the ring is a quarter full, "
         "but for an exec (a short-lived process is named from /proc while it runs). "
-        "Each drain costs about 0.3 ms of CPU whatever it finds, so fewer, larger batches are cheaper; "
-        "spans wait longer in the export batch anyway (OTEL_BSP_SCHEDULE_DELAY).", _poll_interval_ms)
+        "Each drain costs 0.3-0.6 ms of CPU whatever it finds (cold caches), so fewer, larger batches are "
+        "cheaper; spans wait longer in the export batch anyway (OTEL_BSP_SCHEDULE_DELAY).", _poll_interval_ms)
     trace_printer: str = _env(
         "BEYLA_TRACE_PRINTER", "",
         "Print spans to stdout: `text` (one line each), `json` (one object per line) or "

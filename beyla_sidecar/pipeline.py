@@ -50,13 +50,17 @@ HOUSEKEEPING_SECONDS = 5.0
 # SWEEP_SECONDS: a span is out within about a second of its last byte.
 SWEEP_SECONDS = 0.25
 IDLE_NS = 500_000_000
-# Longest wait between two drains while the ring stays empty (BEYLA_POLL_INTERVAL_MS applies as
-# soon as records come; the probes wake the reader themselves when the ring fills a quarter).
-IDLE_POLL_MS = 100
+# Longest wait between two drains while the ring stays empty, unless BEYLA_POLL_INTERVAL_MS is
+# longer (it applies as soon as records come; the probes wake the reader themselves when the
+# ring fills a quarter). A wake-up costs ~0.15 ms idle: one per sweep.
+IDLE_POLL_MS = int(SWEEP_SECONDS * 1000)
 # Records handled per ring read. Between two reads the loop's syscalls let the span export
 # thread take the GIL: a 100 ms backlog handled in one go would reach the span queue
 # (OTEL_BSP_MAX_QUEUE_SIZE, 2048) faster than the exporter empties it.
 DRAIN_BATCH = 512
+# Longest wait for the span queues to take the next DRAIN_BATCH (TraceExport.make_room): meanwhile
+# records stay in the ring buffer, which holds ~25 000 exchanges with the default 8 MiB.
+SPAN_ROOM_SECONDS = 0.1
 # A process's sockets close after its exit event: its state goes with its last connection,
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
@@ -78,6 +82,19 @@ def target_pid_namespace(setting: str | int) -> int:
     if setting == "host":
         return HOST_PID_NAMESPACE
     return int(setting)
+
+
+def next_wait(got: int, wait_ms: int, interval_ms: int) -> int:
+    """The next ring wait (ms), after a drain of `got` records that followed a wait of `wait_ms`;
+    `interval_ms`: BEYLA_POLL_INTERVAL_MS."""
+    if got == DRAIN_BATCH:
+        return 0  # more is waiting: round the loop again at once
+    if got:
+        return interval_ms
+    # An empty ring: back off to IDLE_POLL_MS (ten idle sidecars polling every millisecond would
+    # wake 10 000 times a second between them) or a longer interval, from 1 ms after a wait of 0,
+    # which must not repeat.
+    return min(max(interval_ms, IDLE_POLL_MS), max(1, wait_ms * 2))
 
 
 @dataclass(slots=True)
@@ -385,13 +402,9 @@ class Pipeline:
                 next_sweep = time.monotonic() + SWEEP_SECONDS
                 wait_ms = timeout_ms
                 while not stop.is_set():
-                    # an idle pod backs off to IDLE_POLL_MS: ten idle sidecars on a node would
-                    # otherwise wake 1 000 times a second between them
+                    self.export.make_room(DRAIN_BATCH, SPAN_ROOM_SECONDS)
                     got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH)
-                    if got == DRAIN_BATCH:
-                        wait_ms = 0  # more is waiting: round the loop again at once
-                    else:
-                        wait_ms = timeout_ms if got else min(IDLE_POLL_MS, wait_ms * 2)
+                    wait_ms = next_wait(got, wait_ms, timeout_ms)
                     if got and self.metrics is not None:
                         self.metrics.flush()
                     self.discovery.flush()

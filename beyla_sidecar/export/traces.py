@@ -77,6 +77,8 @@ class BatchQueue:
         self._delay = settings.schedule_delay
         self._queue: deque[SpanItem] = deque()  # append/popleft are atomic: no lock on the hot path
         self._wake = threading.Event()
+        self._delivered = threading.Event()  # set by the worker each time a batch left the queue
+        self._stalled = False  # the producer's last wait for room saw no batch leave (make_room)
         self._closed = False
         self._aborted = False  # the shutdown deadline passed: export nothing more
         self._worker = threading.Thread(target=self._run, name=f"span-export-{name}", daemon=True)
@@ -92,6 +94,20 @@ class BatchQueue:
         if len(queue) >= self._max_batch_size and not self._wake.is_set():
             self._wake.set()
 
+    def make_room(self, burst: int, timeout: float) -> None:
+        """Before the producer queues up to `burst` spans: if they would not fit and the worker has
+        a full batch to take, wait up to `timeout` for it to take one, so that a burst stays in the
+        ring buffer (megabytes) instead of overflowing this queue. A worker that took nothing
+        during the last wait (a collector down, retrying) is not waited for again until it takes a
+        batch: the producer's metrics must not slow down with it."""
+        queue = self._queue
+        if (self._stalled or self._closed or len(queue) + burst <= self._max_queue_size
+                or len(queue) < self._max_batch_size):
+            return
+        self._delivered.clear()
+        if len(queue) + burst > self._max_queue_size:  # the worker may have taken one meanwhile
+            self._stalled = not self._delivered.wait(timeout)
+
     def _run(self) -> None:
         while not self._closed:
             full = self._wake.wait(self._delay)
@@ -103,7 +119,10 @@ class BatchQueue:
     def _export(self, full_batches_only: bool = False) -> None:
         queue, size = self._queue, self._max_batch_size
         while queue and (len(queue) >= size or not full_batches_only) and not self._aborted:
-            self._deliver([queue.popleft() for _ in range(min(size, len(queue)))])
+            batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+            self._stalled = False
+            self._delivered.set()
+            self._deliver(batch)
 
     def _deliver(self, batch: list[SpanItem]) -> None:
         try:
@@ -228,6 +247,11 @@ class TraceExport:
     def writer(self, conn: ConnTuple, server: bool, template: SpanTemplate) -> SpanWriter:
         """What encodes a connection's spans of `template` (tracker/known.py's short way: put() them)."""
         return self._encoder.writer(conn, server, template)
+
+    def make_room(self, burst: int, timeout: float) -> None:
+        """Wait (up to `timeout` per destination) until `burst` more spans fit every queue (BatchQueue.make_room)."""
+        for queue in self._queues:
+            queue.make_room(burst, timeout)
 
     def put(self, resource: bytes, span: bytes) -> None:
         """Queue an encoded span (SpanWriter) of the process of `resource` on every destination."""

@@ -161,6 +161,64 @@ def test_full_queue_drops_are_counted_exactly() -> None:
         assert len(receiver.spans()) == 61
 
 
+def full_queue(receiver: BlockingReceiver) -> TraceExport:
+    """50 spans queued (the queue's size) behind a batch of 10 the receiver holds."""
+    export = otlp_export(receiver.port, OTEL_BSP_MAX_QUEUE_SIZE="50", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10",
+                         OTEL_BSP_SCHEDULE_DELAY="60000")
+    for _ in range(10):
+        export.submit(new_exchange(), TEMPLATE, b"")
+    assert receiver.entered.wait(10)
+    for _ in range(50):
+        export.submit(new_exchange(), TEMPLATE, b"")
+    assert export.stats["otlp"].dropped == 0
+    return export
+
+
+def test_make_room_waits_for_the_worker_to_take_a_batch() -> None:
+    with BlockingReceiver() as receiver:
+        export = full_queue(receiver)
+        threading.Timer(0.2, receiver.release.set).start()
+        started = time.monotonic()
+        export.make_room(10, 30.0)  # returns once the first export is answered and the next batch leaves
+        assert time.monotonic() - started < 20
+        for _ in range(10):
+            export.submit(new_exchange(), TEMPLATE, b"")
+        stats = export.stats["otlp"]
+        assert (stats.queued, stats.dropped) == (70, 0)
+        assert shutdown(export) == {"otlp": 0}
+        assert len(receiver.spans()) == 70
+
+
+def test_make_room_gives_up_on_a_stalled_worker_until_it_takes_a_batch() -> None:
+    with BlockingReceiver() as receiver:
+        export = full_queue(receiver)
+        export.make_room(10, 0.2)  # the receiver holds the first export: nothing leaves
+        started = time.monotonic()
+        export.make_room(10, 30.0)  # not waited for again
+        assert time.monotonic() - started < 20
+        for _ in range(10):
+            export.submit(new_exchange(), TEMPLATE, b"")
+        stats = export.stats["otlp"]
+        assert (stats.queued, stats.dropped) == (60, 10)  # as without make_room: counted
+        receiver.release.set()
+        wait_for(lambda: stats.exported == 60)
+        assert shutdown(export) == {"otlp": 0}
+
+
+def test_make_room_does_not_wait_without_a_full_batch_to_take() -> None:
+    export = TraceExport(load(Config, {"BEYLA_TRACE_PRINTER": "disabled"}), FixedClock())
+    sink = Collect()
+    export.add("collect", sink, BatchSettings(20, 10, 60.0, 1.0))
+    for _ in range(5):
+        export.submit(new_exchange(), TEMPLATE, b"r")
+    started = time.monotonic()
+    export.make_room(512, 30.0)  # more than the queue holds, but the worker has no batch to take
+    assert time.monotonic() - started < 20
+    assert sink.batches == []
+    assert shutdown(export) == {"collect": 0}
+    assert [len(b) for b in sink.batches] == [5]
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
