@@ -59,8 +59,11 @@ IDLE_POLL_MS = int(SWEEP_SECONDS * 1000)
 # (OTEL_BSP_MAX_QUEUE_SIZE, 2048) faster than the exporter empties it.
 DRAIN_BATCH = 512
 # Longest wait for the span queues to take the next DRAIN_BATCH (TraceExport.make_room): meanwhile
-# records stay in the ring buffer, which holds ~25 000 exchanges with the default 8 MiB.
+# records stay in the ring buffer, which holds ~25 000 exchanges with the default 8 MiB. Not once
+# half of the ring waits: an exporter slower than the traffic then loses spans (counted), never
+# whole records in the kernel, which would take the exchanges' metrics with them.
 SPAN_ROOM_SECONDS = 0.1
+SPAN_ROOM_RING_BACKLOG = 0.5
 # A process's sockets close after its exit event: its state goes with its last connection,
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
@@ -402,7 +405,8 @@ class Pipeline:
                 next_sweep = time.monotonic() + SWEEP_SECONDS
                 wait_ms = timeout_ms
                 while not stop.is_set():
-                    self.export.make_room(DRAIN_BATCH, SPAN_ROOM_SECONDS)
+                    if probes.ring_backlog() < SPAN_ROOM_RING_BACKLOG:
+                        self.export.make_room(DRAIN_BATCH, SPAN_ROOM_SECONDS)
                     got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH)
                     wait_ms = next_wait(got, wait_ms, timeout_ms)
                     if got and self.metrics is not None:

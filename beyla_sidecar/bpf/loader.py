@@ -358,6 +358,12 @@ class Probes:
         An exception from callback propagates (the record that raised counts as consumed)."""
         return self._drain(callback, timeout_ms, limit)
 
+    def ring_backlog(self) -> float:
+        """The share of the ring buffer holding records not read yet (RingReader.backlog)."""
+        self._object()
+        assert self._ring is not None
+        return self._ring.backlog()
+
     def consume(self, callback: RecordHandler) -> int:
         """Hand every record already in the ring buffer to callback, without waiting."""
         return self._drain(callback, None, None)

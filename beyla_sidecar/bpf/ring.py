@@ -71,6 +71,10 @@ class RingReader:
         BPF_RB_FORCE_WAKEUP)."""
         return bool(self._epoll.poll(timeout_ms / 1000))
 
+    def backlog(self) -> float:
+        """The share of the ring the producers filled and the reader has not consumed yet."""
+        return (self._producer[0] - self._consumer[0]) / (self._mask + 1)
+
     def drain(self, handler: RecordHandler, limit: int | None = None) -> int:
         """Hand every committed record, in order, to handler; return how many.
 

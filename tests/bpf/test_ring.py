@@ -168,6 +168,18 @@ def test_a_full_ring_drops_and_counts_what_does_not_fit(ring_program: RingFactor
 
 
 @pytest.mark.bpf
+def test_backlog_is_the_share_of_the_ring_not_read_yet(ring_program: RingFactory) -> None:
+    program = ring_program(size_index=SIZES.index(400))
+    assert program.reader.backlog() == 0
+    trigger(10)
+    assert program.reader.backlog() == 10 * footprint(400) / SMALL_RING
+    collect(program.reader, limit=4)
+    assert program.reader.backlog() == 6 * footprint(400) / SMALL_RING
+    collect(program.reader)
+    assert program.reader.backlog() == 0
+
+
+@pytest.mark.bpf
 def test_limit_stops_early_and_the_rest_stays(ring_program: RingFactory) -> None:
     program = ring_program(discard_every=4)
     trigger(12)

@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from .otlp_metrics_receiver import MetricsReceiver
+from .otlp_receiver import Receiver
 from .pod import Pod, free_port
 from .prometheus_server import Prometheus, available
 from .nginx import start_nginx
@@ -167,3 +168,37 @@ def test_collector_down_bounded_memory_counted_failures_then_recovery(pod: Pod, 
         while receiver.counts().get(key) != sent and time.monotonic() < deadline:
             time.sleep(0.5)
         assert receiver.counts().get(key) == sent
+
+
+class SlowCollector(Receiver):
+    """Answers each export after 90 ms: alive, but slower than the traffic, and each batch leaves the
+    span queue within the 100 ms the sidecar waits for one (pipeline.SPAN_ROOM_SECONDS)."""
+
+    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+        time.sleep(0.09)
+        return super().Export(request, context)
+
+
+def test_a_collector_slower_than_the_traffic_costs_spans_never_exchanges(pod: Pod, start_sidecar) -> None:
+    """The span queue makes the sidecar wait for the exporter only while the ring buffer is less
+    than half full: past that, spans are dropped and counted, and no record is lost in the kernel
+    (metrics exact). Waiting for each batch would drain ~5 700 records a second here."""
+    web, prom_port, connections = free_port(), free_port(), 16
+    start_nginx(pod, web, {"index.html": b"ok\n"})
+    pace = pod.tmp / "pace.lua"
+    pace.write_text("function delay() return 1 end\n")  # ~1 ms between a connection's requests
+    with SlowCollector() as collector:
+        start_sidecar(**sidecar_env(prom_port, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+                                    BEYLA_RINGBUF_SIZE=str(2 << 20)))  # ~8 000 exchanges
+        out = pod.run(["wrk", "-t1", f"-c{connections}", "-d4s", "-s", str(pace), f"http://127.0.0.1:{web}/index.html"],
+                      inside=False, timeout=60).stdout.decode()  # only nginx is in the pod
+        requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+        assert requests > 25000, out  # above the collector's ~5 700 spans a second
+        count = "http_server_request_duration_seconds_count"
+        deadline = time.monotonic() + 30
+        while sample(text := scrape(prom_port), count, service_name="nginx") < requests and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # wrk does not count the requests in flight when it stops; nginx may have answered them
+        assert requests <= sample(text, count, service_name="nginx") <= requests + connections
+        assert sample(text, "beyla_sidecar_events_lost_total") == 0
+        assert sample(text, "beyla_sidecar_spans_dropped_total", exporter="otlp") > 0
