@@ -55,7 +55,7 @@ IDLE_NS = 500_000_000
 # ring fills a quarter). A wake-up costs ~0.15 ms idle: one per sweep.
 IDLE_POLL_MS = int(SWEEP_SECONDS * 1000)
 # Records handled per ring read. Between two reads the loop's syscalls let the span export
-# thread take the GIL: a 100 ms backlog handled in one go would reach the span queue
+# thread take the GIL: a drain's backlog handled in one go would reach the span queue
 # (OTEL_BSP_MAX_QUEUE_SIZE, 2048) faster than the exporter empties it.
 DRAIN_BATCH = 512
 # Longest wait for the span queues to take the next DRAIN_BATCH (TraceExport.make_room): meanwhile

@@ -249,7 +249,7 @@ class TraceExport:
         return self._encoder.writer(conn, server, template)
 
     def make_room(self, burst: int, timeout: float) -> None:
-        """Wait (up to `timeout` per destination) until `burst` more spans fit every queue (BatchQueue.make_room)."""
+        """BatchQueue.make_room on every destination: each may wait up to `timeout`."""
         for queue in self._queues:
             queue.make_room(burst, timeout)
 
