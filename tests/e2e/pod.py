@@ -124,7 +124,10 @@ class Sidecar:
             time.sleep(0.05)
 
     def spans(self) -> list[dict]:
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        """The spans printed so far; a line still being written (a read can see part of a write)
+        counts from the next call on."""
+        text = self.out.read_text()
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
 
     def wait_spans(self, count: int, timeout: float = 20.0, settle: float = 1.5) -> list[dict]:
         """Wait until `count` spans arrived, then a little longer so that extras would show."""
