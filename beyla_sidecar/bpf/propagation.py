@@ -219,10 +219,18 @@ class Propagation:
         return out
 
     def close(self) -> None:
-        """Detach (the pod's sockets leave the sockhash with the map) and unload; idempotent."""
+        """Detach, take the pod's sockets out of the sockhash, and unload; idempotent. The
+        sockhash's own teardown, once its last fd is closed, runs later from a kernel work queue
+        (seen to take over a second under load), and until then the sockets' sends would still
+        go through sk_msg; a socket deleted from it sends as plain TCP at once."""
+        attached = bool(self._links)  # else no socket ever joined (nor, unloaded, has a map fd)
         for link in reversed(self._links):
             link.destroy()
         self._links = []
         if self._obj is not None:
+            if attached:
+                socks = self._obj.map("client_socks")
+                for key in list(socks.keys()):
+                    socks.delete(key)
             self._obj.close()
             self._obj = None

@@ -270,6 +270,42 @@ def test_uninstrumented_peer_gets_identical_bytes(pods: tuple[CgroupPod, CgroupP
     assert (counted["injected"], counted["has_traceparent"], counted["failed"]) == (4, 1, 0)
 
 
+STEP_CLIENT = """
+import http.client, sys
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+for line in sys.stdin:  # one request per line: the test says when
+    conn.request("GET", line.strip())
+    conn.getresponse().read()
+    print("done", flush=True)
+"""
+
+
+def test_a_connection_outliving_the_sidecar_is_left_alone_once_it_stops(pods: tuple[CgroupPod, CgroupPod]) -> None:
+    """A stopping sidecar takes the pod's sockets out of its sockhash itself: the sockhash's own
+    teardown, after its last fd closes, runs later from a kernel work queue, and until then the
+    sockets' sends still went through sk_msg."""
+    a, b = pods
+    out = start_recorder(b, "http", BACK)
+    side_a = sidecar(a, "headers")
+    client = a.spawn([sys.executable, "-c", STEP_CLIENT, B_ADDR, str(BACK)], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+
+    def request(path: str) -> None:
+        client.stdin.write(path.encode() + b"\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == b"done\n"
+
+    request("/under-the-sidecar")
+    assert side_a.stop() == 0
+    request("/after-it")
+    client.stdin.close()
+    assert client.wait(10) == 0
+    got = recorded(out, 2)
+    assert [raw.split(b"\r\n")[0] for raw in got] == [b"GET /under-the-sidecar HTTP/1.1", b"GET /after-it HTTP/1.1"]
+    assert [len(INJECTED.findall(raw)) for raw in got] == [1, 0]
+
+
 @pytest.mark.parametrize("mode", ["headers", "all"])
 def test_non_http_traffic_is_never_touched(pods: tuple[CgroupPod, CgroupPod], mode: str) -> None:
     """Other protocols reach an uninstrumented peer byte for byte; with `all` their packets also
