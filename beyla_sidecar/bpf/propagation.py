@@ -221,8 +221,9 @@ class Propagation:
     def close(self) -> None:
         """Detach, take the pod's sockets out of the sockhash, and unload; idempotent. The
         sockhash's own teardown, once its last fd is closed, runs later from a kernel work queue
-        (seen to take over a second under load), and until then the sockets' sends would still
-        go through sk_msg; a socket deleted from it sends as plain TCP at once."""
+        (under load, late enough for requests sent after the sidecar's exit to get a header), and
+        until then the sockets' sends still go through sk_msg; a socket deleted from it sends as
+        plain TCP at once."""
         attached = bool(self._links)  # else no socket ever joined (nor, unloaded, has a map fd)
         for link in reversed(self._links):
             link.destroy()
