@@ -360,22 +360,24 @@ class Probes:
 
     def ring_backlog(self) -> float:
         """The share of the ring buffer holding records not read yet (RingReader.backlog)."""
-        self._object()
-        assert self._ring is not None
-        return self._ring.backlog()
+        return self._reader().backlog()
 
     def consume(self, callback: RecordHandler) -> int:
         """Hand every record already in the ring buffer to callback, without waiting."""
         return self._drain(callback, None, None)
 
-    def _drain(self, callback: RecordHandler, timeout_ms: int | None, limit: int | None) -> int:
+    def _reader(self) -> RingReader:
         self._object()
         assert self._ring is not None
+        return self._ring
+
+    def _drain(self, callback: RecordHandler, timeout_ms: int | None, limit: int | None) -> int:
+        ring = self._reader()
         self._polling = True
         try:
             if timeout_ms is not None:
-                self._ring.wait(timeout_ms)
-            return self._ring.drain(callback, limit)
+                ring.wait(timeout_ms)
+            return ring.drain(callback, limit)
         finally:
             self._polling = False
             if self._close_pending:

@@ -229,9 +229,11 @@ class Propagation:
             link.destroy()
         self._links = []
         if self._obj is not None:
-            if attached:
-                socks = self._obj.map("client_socks")
-                for key in list(socks.keys()):
-                    socks.delete(key)
-            self._obj.close()
-            self._obj = None
+            try:
+                if attached:
+                    socks = self._obj.map("client_socks")
+                    for key in list(socks.keys()):
+                        socks.delete(key)
+            finally:  # unloaded whatever a delete raised
+                self._obj.close()
+                self._obj = None
