@@ -177,8 +177,8 @@ int BPF_PROG(beyla_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* Per thread: a thread that dies inside an SSL_* call, while serving or in a Task step
- * leaves state behind. The last thread of a process reports the process's exit. */
+/* Per thread: a thread that dies while serving or in a Task step leaves state behind (its
+ * SSL_* call, in task storage, goes with it). The last thread of a process reports the process's exit. */
 SEC("tp/sched/sched_process_exit")
 int beyla_task_exit(void *ctx)
 {
@@ -189,7 +189,6 @@ int beyla_task_exit(void *ctx)
 	if (!current_filtered(&cur))
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_delete_elem(&ssl_calls, &tid);
 	bpf_map_delete_elem(&serving, &tid);
 	bpf_map_delete_elem(&pending, &tid);
 	bpf_map_delete_elem(&task_steps_map, &tid);

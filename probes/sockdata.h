@@ -91,9 +91,8 @@ static __always_inline void syscall_buffer(struct task_struct *task, struct xfer
 static __always_inline void socket_transfer(struct sock *sk, bool recv, int ret, const struct cur_task *cur)
 {
 	__u64 key = (__u64)sk;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct conn_state *st = bpf_map_lookup_elem(&conns, &key);
-	struct ssl_call *call = tls_probed() ? bpf_map_lookup_elem(&ssl_calls, &tid) : NULL;
+	struct ssl_call *call = tls_probed() ? ssl_call_of(cur->task) : NULL;
 	struct xfer x = {};
 
 	if (!recv)

@@ -50,13 +50,24 @@ struct ssl_key {
 	__u64 ssl;
 };
 
-/* host tid -> the SSL_* call it is in. */
+/* Per thread: the SSL_* call it is in (ssl 0: none). Task storage, not a hash by tid: the socket
+ * probes look it up on every transfer of every thread of a process that maps OpenSSL, and for a
+ * thread that never made an SSL call the lookup is one pointer test instead of a hash miss. It
+ * goes with its thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_THREADS);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ssl_call);
 } ssl_calls SEC(".maps");
+
+/* The SSL_* call the current thread is in, or NULL. */
+static __always_inline struct ssl_call *ssl_call_of(struct task_struct *task)
+{
+	struct ssl_call *call = bpf_task_storage_get(&ssl_calls, task, NULL, 0);
+
+	return call && call->ssl ? call : NULL;
+}
 
 /* (tgid, SSL*) -> struct sock address, learnt from the socket I/O the library does inside
  * an SSL_* call; deleted with the socket (tcp_destroy_sock). */
@@ -93,14 +104,18 @@ static __always_inline void tie_tls(struct sock *sk, struct conn_state *st, __u6
 /* Entry of an SSL_* call: remember it for the socket probes and the return. */
 static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 out, __u8 op)
 {
-	struct ssl_call call = { .ssl = ssl, .buf = buf, .out = out, .op = op };
+	struct ssl_call *call;
 	struct cur_task cur;
-	__u32 tid;
 
 	if (!current_selected(&cur))
 		return 0;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);
+	call = bpf_task_storage_get(&ssl_calls, cur.task, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call)
+		return 0;
+	call->ssl = ssl;
+	call->buf = buf;
+	call->out = out;
+	call->op = op;
 	return 0;
 }
 
@@ -166,16 +181,14 @@ int BPF_KRETPROBE(beyla_ssl_ret, int ret)
 	struct ssl_call *found, call;
 	struct cur_task cur;
 	__u64 moved;
-	__u32 tid;
 
 	if (!current_selected(&cur))
 		return 0;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	found = bpf_map_lookup_elem(&ssl_calls, &tid);
+	found = ssl_call_of(cur.task);
 	if (!found)
 		return 0;
 	call = *found;
-	bpf_map_delete_elem(&ssl_calls, &tid);
+	found->ssl = 0;
 	if (call.op == SSL_OP_HANDSHAKE || ret <= 0)
 		return 0;
 	moved = ret;
