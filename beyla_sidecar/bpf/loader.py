@@ -34,8 +34,10 @@ DEFAULT_RESP_CAPTURE = 256
 DEFAULT_MAX_CONNECTIONS = 8192
 DEFAULT_RINGBUF_SIZE = 8 << 20
 AUTO = "auto"
-# The probes wake the reader only once this fraction of the ring is unread.
+# The probes wake the reader only once this fraction of the ring is unread, and then once per
+# 1/WAKEUP_STEP_FRACTION of the ring while it is not read.
 WAKEUP_FRACTION = 4
+WAKEUP_STEP_FRACTION = 64
 # Indexes of enum counter_index in probes/beyla.h. A record the ring refused counts once: in
 # event_drops (connection and process events) or exchange_drops (one request and its response).
 COUNTER_NAMES = ("event_drops", "read_fails", "orphan_responses", "exchange_drops", "h2_chunk_drops")
@@ -201,6 +203,7 @@ class Probes:
         # an LRU map is allocated whole at creation: one slot when propagation is off
         obj.map("sock_ids_map").set_max_entries(self._max_connections if MODES[self._propagation_mode] else 1)
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
+        obj.set_rodata("wakeup_step", _U64.pack(max(1, ringbuf_size // WAKEUP_STEP_FRACTION)))
         obj.map("events").set_max_entries(ringbuf_size)
         try:
             obj.load()
