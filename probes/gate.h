@@ -4,6 +4,7 @@
 #define __BEYLA_GATE_H
 
 #include "beyla.h"
+#include "ringwake.h"
 
 #define MAX_POD_NAMESPACES 16
 #define MAX_PROCESSES 8192
@@ -15,8 +16,7 @@ const volatile __u32 resp_capture = 256;
 /* Unread bytes in the ring buffer above which a submit wakes the reader; below it no
  * wakeups (they would cost the traced app), user space drains on its poll timer. */
 const volatile __u64 wakeup_bytes = 64 * 1024;
-/* Above wakeup_bytes, only a record that crosses a multiple of wakeup_step (a power of two)
- * wakes the reader, not every record until it has caught up. */
+/* Above wakeup_bytes, one wakeup per wakeup_step bytes (a power of two; ringwake.h). */
 const volatile __u64 wakeup_step = 16 * 1024;
 /* Inode of the pod's PID namespace when known before load: one compare instead of a
  * pid_ns_filter lookup in every hooked call, which other pods' processes pay for too.
@@ -206,18 +206,12 @@ static __always_inline bool ring_output(void *data, __u64 size, __u32 lost, __u6
 	return false;
 }
 
-/* Wakes the reader only when the ring fills up. A forced wakeup is an interrupt the traced
- * thread raises (in a VM, an exit to the hypervisor): one per record, from the threshold until
- * the reader has read below it again, cost a few per cent of nginx's CPU at 20 000 req/s. One
- * is enough (the reader then drains until the ring is empty); another each wakeup_step bytes
- * covers a crossing two CPUs raced past. */
+/* Wakes the reader only when the ring fills up. */
 static __always_inline bool submit(void *data, __u64 size, __u32 lost)
 {
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 flags = avail + size > wakeup_bytes && (avail ^ (avail + size)) >= wakeup_step ?
-		      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	return ring_output(data, size, lost, flags);
+	return ring_output(data, size, lost, wakeup_flags(avail, size, wakeup_bytes, wakeup_step));
 }
 
 /* Wakes the reader at once: for rare events user space must act on before the next poll

@@ -2,6 +2,7 @@
 // buffer record (seq, then a byte pattern), of a size picked by seq, and submits or discards it.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "../../probes/ringwake.h"
 
 #define NUM_SIZES 8
 // Record sizes in bytes, in the order test_ring.py's SIZES lists them.
@@ -21,6 +22,9 @@ const volatile __u32 target_tgid = 0;
 const volatile __u32 size_index = NUM_SIZES;
 // Discard records whose seq % discard_every == discard_every - 1 (0: never).
 const volatile __u32 discard_every = 0;
+// Non-zero: submit flags from the probes' wakeup_flags() with these, instead of submit_flags.
+const volatile __u64 wake_threshold = 0;
+const volatile __u64 wake_step = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -55,6 +59,7 @@ static __always_inline void emit(__u64 seq, const __u32 size)
 {
 	__u32 zero = 0;
 	__u64 *flags = bpf_map_lookup_elem(&submit_flags, &zero);
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	__u8 *rec = bpf_ringbuf_reserve(&events, size, 0);
 
 	if (!rec) {
@@ -67,7 +72,8 @@ static __always_inline void emit(__u64 seq, const __u32 size)
 	if (discard_every && seq % discard_every == discard_every - 1)
 		bpf_ringbuf_discard(rec, 0);
 	else
-		bpf_ringbuf_submit(rec, flags ? *flags : 0);
+		bpf_ringbuf_submit(rec, wake_step ? wakeup_flags(avail, size, wake_threshold, wake_step) :
+				   flags ? *flags : 0);
 }
 
 SEC("tp/syscalls/sys_enter_getppid")

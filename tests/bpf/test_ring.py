@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import select
 import struct
 import subprocess
 import sys
@@ -58,15 +59,18 @@ class RingProgram:
     """ringtest.bpf.c loaded and attached for one target process, with a RingReader on its ring."""
 
     def __init__(self, path: Path, tgid: int, ring_size: int, size_index: int | None,
-                 discard_every: int) -> None:
+                 discard_every: int, wake: tuple[int, int]) -> None:
         self._obj = BpfObject(path)
         self._obj.set_rodata("target_tgid", _U32.pack(tgid))
         self._obj.set_rodata("size_index", _U32.pack(len(SIZES) if size_index is None else size_index))
         self._obj.set_rodata("discard_every", _U32.pack(discard_every))
+        self._obj.set_rodata("wake_threshold", _U64.pack(wake[0]))
+        self._obj.set_rodata("wake_step", _U64.pack(wake[1]))
         self._obj.map("events").set_max_entries(ring_size)
         self._obj.load()
         self._link = next(self._obj.programs()).attach()
-        self.reader = RingReader(self._obj.map("events").fd, ring_size)
+        self.fd = self._obj.map("events").fd
+        self.reader = RingReader(self.fd, ring_size)
 
     def set_submit_flags(self, flags: int) -> None:
         self._obj.map("submit_flags").update(_U32.pack(0), _U64.pack(flags))
@@ -97,9 +101,9 @@ def ring_program(ringtest_object: Path) -> Iterator[RingFactory]:
     made: list[RingProgram] = []
 
     def make(tgid: int | None = None, ring_size: int = SMALL_RING, size_index: int | None = None,
-             discard_every: int = 0) -> RingProgram:
+             discard_every: int = 0, wake: tuple[int, int] = (0, 0)) -> RingProgram:
         made.append(RingProgram(ringtest_object, os.getpid() if tgid is None else tgid, ring_size,
-                                size_index, discard_every))
+                                size_index, discard_every, wake))
         return made[-1]
 
     yield make
@@ -228,6 +232,27 @@ def test_wait_returns_on_a_forced_wakeup_and_not_before(ring_program: RingFactor
     ready, elapsed = wait_while_producing(BPF_RB_FORCE_WAKEUP, 10000)
     assert ready and 0.09 <= elapsed < 2
     assert collect(program.reader) == [cycled(0), cycled(1)]
+
+
+@pytest.mark.bpf
+def test_past_the_threshold_the_reader_is_woken_once_per_step_not_per_record(ring_program: RingFactory) -> None:
+    """The probes' wakeup policy (probes/ringwake.h), with a reader that does not read: no wakeup
+    until `threshold` bytes are unread, then exactly one for each multiple of `step` the records
+    cross, at the record that crosses it (the policy before woke it for each record)."""
+    threshold, step, n = 4096, 1024, 100
+    program = ring_program(size_index=SIZES.index(100), wake=(threshold, step))
+    edges = select.epoll(1)
+    edges.register(program.fd, select.EPOLLIN | select.EPOLLET)  # one event per wakeup
+    try:
+        woken = [seq for seq in range(n) if os.getppid() and edges.poll(0.01)]
+    finally:
+        edges.close()
+    size = footprint(100)
+    crossing = [seq for seq in range(n)
+                if (seq + 1) * size > threshold and seq * size // step != (seq + 1) * size // step]
+    assert crossing[:2] == [36, 45] and len(crossing) == (n * size // step) - threshold // step + 1
+    assert woken == crossing
+    assert len(collect(program.reader)) == n
 
 
 @pytest.mark.bpf
