@@ -172,36 +172,21 @@ static __always_inline void queue_request(__u32 tid, const struct parent_ref *re
 }
 
 /* The parent of a client request `tid` begins: the oldest request the thread read and no call
- * claimed (it becomes the one served), else the one it serves. */
+ * claimed (it becomes the one served), else the one it serves while that is unanswered. */
 static __always_inline struct parent_ref *claim_request(__u32 tid)
 {
 	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
 	struct parent_ref *oldest = p ? pending_oldest(p) : NULL;
-	struct parent_ref claimed;
+	struct parent_ref claimed, *served;
 
-	if (!oldest)
-		return bpf_map_lookup_elem(&serving, &tid);
+	if (!oldest) {
+		served = bpf_map_lookup_elem(&serving, &tid);
+		return served && claimable(served) ? served : NULL;
+	}
 	claimed = *oldest;
 	oldest->sock_id = 0;
 	bpf_map_update_elem(&serving, &tid, &claimed, BPF_ANY);
 	return bpf_map_lookup_elem(&serving, &tid);
-}
-
-/* The server request on `key` is being answered: no later call of the thread claims it. */
-static __always_inline void unqueue_request(__u32 tid, __u64 key)
-{
-	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
-
-	if (!p)
-		return;
-	for (int i = 0; i < PENDING_MAX; i++) {
-		if (i >= p->count) /* a thread per request has at most one: one round */
-			break;
-		if (p->refs[(p->head + i) % PENDING_MAX].sock_id == key) {
-			p->refs[(p->head + i) % PENDING_MAX].sock_id = 0;
-			break;
-		}
-	}
 }
 
 /* The connection's state goes: a CONN_OPEN that never went out is lost for good. */

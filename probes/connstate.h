@@ -64,27 +64,13 @@ struct parent_ref {
 /* Server requests a thread read that no call of the thread has claimed yet, oldest first. An
  * event loop reads several requests before their handlers run, and the handlers then send their
  * calls in that order (asyncio runs ready tasks first in, first out): a client request claims
- * the oldest. A request answered unclaimed leaves a hole (sock_id 0); a full queue forgets its
- * oldest. */
+ * the oldest claimable (claimable()). A claimed request leaves a hole (sock_id 0); a full queue
+ * forgets its oldest. */
 struct pending {
 	__u32 head;  /* index of the oldest entry, modulo PENDING_MAX */
 	__u32 count; /* entries from head, holes included */
 	struct parent_ref refs[PENDING_MAX];
 };
-
-/* Drop the holes at the queue's head; the oldest live entry, or NULL. */
-static __always_inline struct parent_ref *pending_oldest(struct pending *p)
-{
-	for (int i = 0; i < PENDING_MAX && p->count; i++) {
-		struct parent_ref *ref = &p->refs[p->head % PENDING_MAX];
-
-		if (ref->sock_id)
-			return ref;
-		p->head++;
-		p->count--;
-	}
-	return NULL;
-}
 
 /* The maps of connection state, declared once for beyla.bpf.o and propagate.bpf.o (which reuses
  * their fds before its load: its copies of the definitions only give the types). */
@@ -97,8 +83,8 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
-/* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`
- * (response not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
+/* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`,
+ * while claimable() (its response has not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
  * thread (sched_process_exit), and a full map only costs parent links. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -126,5 +112,30 @@ struct {
 	__type(key, __u64);
 	__type(value, struct parent_ref);
 } connect_parents SEC(".maps");
+
+/* A server request a call of its thread may still claim as its parent: not answered yet (its
+ * response has not begun) and its connection still known. Checked by the calls, not undone by the
+ * response: a server that makes no calls, most of them, pays nothing for its calls' parents. */
+static __always_inline bool claimable(const struct parent_ref *ref)
+{
+	struct conn_state *st = bpf_map_lookup_elem(&conns, &ref->sock_id);
+
+	return st && st->phase == PHASE_REQUEST && st->rec.req_start_ns == ref->start_ns;
+}
+
+/* Drop the holes and the requests no longer claimable at the queue's head; the oldest claimable
+ * entry, or NULL. */
+static __always_inline struct parent_ref *pending_oldest(struct pending *p)
+{
+	for (int i = 0; i < PENDING_MAX && p->count; i++) {
+		struct parent_ref *ref = &p->refs[p->head % PENDING_MAX];
+
+		if (ref->sock_id && claimable(ref))
+			return ref;
+		p->head++;
+		p->count--;
+	}
+	return NULL;
+}
 
 #endif /* __BEYLA_CONNSTATE_H */

@@ -498,27 +498,19 @@ static __always_inline void start_request(struct conn_state *st, __u64 key, cons
 	st->filling = rec->req_len == moved && moved < req_capture;
 }
 
-static __always_inline void start_response(struct conn_state *st, __u64 key, const struct xfer *x,
-					   __u32 moved, __u64 now)
+static __always_inline void start_response(struct conn_state *st, const struct xfer *x, __u32 moved,
+					   __u64 now)
 {
 	struct exchange *rec = &st->rec;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct parent_ref *ref;
 
+	/* answering: later calls of this thread are not children of this request (claimable()) */
 	st->phase = PHASE_RESPONSE;
 	st->scanning = SCAN_RUNNING;
 	st->nl = 0;
 	st->scanned = 0;
 	rec->resp_start_ns = now;
-	if (rec->role == ROLE_SERVER) {
-		/* answering: later calls of this thread are not children of this request */
-		ref = bpf_map_lookup_elem(&serving, &tid);
-		if (ref && ref->sock_id == key)
-			bpf_map_delete_elem(&serving, &tid);
-		unqueue_request(tid, key);
-		if (asyncio_probed())
-			rec->tasks[0] = running_task(tid);
-	}
+	if (rec->role == ROLE_SERVER && asyncio_probed())
+		rec->tasks[0] = running_task((__u32)bpf_get_current_pid_tgid());
 	/* right after the request prefix, which is complete now: the record sent ends there */
 	rec->resp_off = rec->req_len;
 	rec->resp_len = capture(st, rec->resp_off, resp_capture, RESP_CAPTURE_MAX, x, moved);
@@ -568,7 +560,7 @@ static __always_inline void on_transfer(struct conn_state *st, __u64 key, bool r
 		return;
 	}
 	if (st->phase == PHASE_REQUEST) {
-		start_response(st, key, x, moved, now);
+		start_response(st, x, moved, now);
 		if (rec->resp_len && rec->resp_len == readable(x, moved))
 			first_transfer_captured(st, rec->resp_off, rec->resp_len, rec->resp_len == moved);
 	}

@@ -331,8 +331,11 @@ static __always_inline void choose_ids(struct trace_ids *ids, __u64 sock)
 		p = bpf_map_lookup_elem(&pending, &tid);
 		ref = p ? pending_oldest(p) : NULL;
 	}
-	if (!ref)
+	if (!ref) {
 		ref = bpf_map_lookup_elem(&serving, &tid);
+		if (ref && !claimable(ref))
+			ref = NULL;
+	}
 	st = ref ? bpf_map_lookup_elem(&conns, &ref->sock_id) : NULL;
 
 	if (st && st->rec.req_start_ns == ref->start_ns && (st->rec.flags & FLAG_CONTEXT)) {
