@@ -84,8 +84,9 @@ struct {
 } conns SEC(".maps");
 
 /* host tid -> the server exchange it is serving: the one its latest call claimed from `pending`,
- * while claimable() (its response has not begun). Plain hashes: an LRU's list upkeep costs more; entries go with their
- * thread (sched_process_exit), and a full map only costs parent links. */
+ * while claimable() (its response has not begun). Plain hashes: an LRU's list upkeep costs
+ * more; entries go with their thread (sched_process_exit), and a full map only costs parent
+ * links. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_THREADS);

@@ -178,7 +178,8 @@ int BPF_PROG(beyla_fork, struct task_struct *parent, struct task_struct *child)
 }
 
 /* Per thread: a thread that dies while serving or in a Task step leaves state behind (its
- * SSL_* call, in task storage, goes with it). The last thread of a process reports the process's exit. */
+ * SSL_* call, in task storage, goes with it). The last thread of a process reports the
+ * process's exit. */
 SEC("tp/sched/sched_process_exit")
 int beyla_task_exit(void *ctx)
 {
