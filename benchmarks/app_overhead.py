@@ -104,7 +104,9 @@ def measure(ctx: Context) -> Section:
         "it includes the probes' run time in the app's syscalls. Sidecar CPU per request: CPU time of all "
         "its threads from the start of the wrk run until its CPU use fell below 0.05 cores (spans exported). "
         f"nginx also runs with the sidecar's network metrics on ({', '.join(f'{k}={v}' for k, v in NET_ENV.items())}), "
-        "in the same alternation. The pod shares the host's network namespace and wrk reaches nginx over "
+        "in the same alternation. After each nginx run with the sidecar, nginx runs once more without it, paced "
+        "at the rate it reached at full speed with it: the same throughput, so that its CPU per request "
+        "compares without the batching a faster run gets (more requests per wake-up). The pod shares the host's network namespace and wrk reaches nginx over "
         "loopback, which the packet filter sees (each packet sent is cloned for the packet socket and the "
         "filter returns at its loopback check) but does not count: this is the cost of the feature's "
         "presence, not of counting nginx's packets (benchmarks/netflow_cost.py: 0.25-0.54 µs per counted "
@@ -130,8 +132,12 @@ def measure(ctx: Context) -> Section:
                         seen.append(flow_packets(sidecar))
                 finally:
                     stopped = sidecar.stop() if sidecar else {}
-                runs[variant].append({"fixed": fixed, "full": full,
-                                      "sidecar_stopped": {k: stopped.get(k) for k in ("records", "exchanges")}})
+                entry = {"fixed": fixed, "full": full,
+                         "sidecar_stopped": {k: stopped.get(k) for k in ("records", "exchanges")}}
+                if variant == "with" and app_kind == "nginx":
+                    # nginx alone again, paced at the rate it reached at full speed with the sidecar
+                    entry["same_rate"] = timed_wrk(app, pid, s.duration, s.tmp, rate=full["rps"])
+                runs[variant].append(entry)
                 log(f"{app_kind} run {run} {variant}: fixed {fixed['rps']:,.0f} req/s p99 {fixed['p99_us']} us "
                     f"{fixed['cpu_us']:.1f} us CPU/req; full {full['rps']:,.0f} req/s p99 {full['p99_us']} us "
                     f"{full['cpu_us']:.1f} us CPU/req" + ("" if sidecar is None else
@@ -155,6 +161,13 @@ def measure(ctx: Context) -> Section:
             cpu_goal = at_most(1.10, "<= ×1.10") if (app_kind == "nginx" and mode == "full") else None
             sec.add(f"{app_kind}.{mode}.cpu_ratio", f"{label}, {mode_label}: app's own CPU per request with/without",
                     "ratio", [ratio(w[mode]["cpu_us"], b[mode]["cpu_us"]) for b, w in pairs], cpu_goal)
+            if mode == "full" and app_kind == "nginx":
+                sec.add(f"{app_kind}.{mode}.same_rate_cpu_ratio", f"{label}, {mode_label}: app's own CPU per "
+                        "request with/without at the rate reached with the sidecar", "ratio",
+                        [ratio(w["full"]["cpu_us"], w["same_rate"]["cpu_us"]) for w in runs["with"]])
+                sec.add(f"{app_kind}.{mode}.same_rate_cpu_us", f"{label}, {mode_label}: app's CPU per request "
+                        "without sidecar, paced at the rate reached with it", "µs",
+                        [w["same_rate"]["cpu_us"] for w in runs["with"]])
             if NET in runs:
                 sec.add(f"{app_kind}.{mode}.net_cpu_ratio", f"{label}, {mode_label}: app's own CPU per request, "
                         "network metrics on/off", "ratio",
