@@ -108,7 +108,8 @@ def measure(ctx: Context) -> Section:
         "paced at the rate it reached at full speed with it: the same throughput, so that its CPU per request "
         "compares without the batching a faster run gets (more requests per wake-up). "
         "The pod shares the host's network namespace and wrk reaches nginx over loopback, which the packet "
-        "filter sees (each packet sent is cloned for the packet socket and the filter returns at its loopback check) but does not count: this is the cost of the feature's "
+        "filter sees (each packet sent is cloned for the packet socket and the "
+        "filter returns at its loopback check) but does not count: this is the cost of the feature's "
         "presence, not of counting nginx's packets (benchmarks/netflow_cost.py: 0.25-0.54 µs per counted "
         "packet); the flows the sidecar counted meanwhile are the host's other traffic.")
     raw: dict = {}
