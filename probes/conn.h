@@ -177,12 +177,10 @@ static __always_inline struct parent_ref *claim_request(__u32 tid)
 {
 	struct pending *p = bpf_map_lookup_elem(&pending, &tid);
 	struct parent_ref *oldest = p ? pending_oldest(p) : NULL;
-	struct parent_ref claimed, *served;
+	struct parent_ref claimed;
 
-	if (!oldest) {
-		served = bpf_map_lookup_elem(&serving, &tid);
-		return served && claimable(served) ? served : NULL;
-	}
+	if (!oldest)
+		return served_request(tid);
 	claimed = *oldest;
 	oldest->sock_id = 0;
 	bpf_map_update_elem(&serving, &tid, &claimed, BPF_ANY);

@@ -124,6 +124,14 @@ static __always_inline bool claimable(const struct parent_ref *ref)
 	return st && st->phase == PHASE_REQUEST && st->rec.req_start_ns == ref->start_ns;
 }
 
+/* The request the thread serves (`serving`), while it is claimable. */
+static __always_inline struct parent_ref *served_request(__u32 tid)
+{
+	struct parent_ref *ref = bpf_map_lookup_elem(&serving, &tid);
+
+	return ref && claimable(ref) ? ref : NULL;
+}
+
 /* Drop the holes and the requests no longer claimable at the queue's head; the oldest claimable
  * entry, or NULL. */
 static __always_inline struct parent_ref *pending_oldest(struct pending *p)

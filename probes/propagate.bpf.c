@@ -331,11 +331,8 @@ static __always_inline void choose_ids(struct trace_ids *ids, __u64 sock)
 		p = bpf_map_lookup_elem(&pending, &tid);
 		ref = p ? pending_oldest(p) : NULL;
 	}
-	if (!ref) {
-		ref = bpf_map_lookup_elem(&serving, &tid);
-		if (ref && !claimable(ref))
-			ref = NULL;
-	}
+	if (!ref)
+		ref = served_request(tid);
 	st = ref ? bpf_map_lookup_elem(&conns, &ref->sock_id) : NULL;
 
 	if (st && st->rec.req_start_ns == ref->start_ns && (st->rec.flags & FLAG_CONTEXT)) {

@@ -203,7 +203,7 @@ class Probes:
         # an LRU map is allocated whole at creation: one slot when propagation is off
         obj.map("sock_ids_map").set_max_entries(self._max_connections if MODES[self._propagation_mode] else 1)
         obj.set_rodata("wakeup_bytes", _U64.pack(ringbuf_size // WAKEUP_FRACTION))
-        obj.set_rodata("wakeup_step", _U64.pack(max(1, ringbuf_size // WAKEUP_STEP_FRACTION)))
+        obj.set_rodata("wakeup_step", _U64.pack(ringbuf_size // WAKEUP_STEP_FRACTION))
         obj.map("events").set_max_entries(ringbuf_size)
         try:
             obj.load()
