@@ -34,6 +34,12 @@ struct {
 	__type(value, __u64);
 } swept SEC(".maps");
 
+/* Set when a response begins; user space clears it before each idle sweep and walks conns
+ * only when it was set or that walk left responses to look at again: an idle pod's sidecar
+ * does not walk the map's buckets four times a second. Tested before it is written: the
+ * responses of every CPU would otherwise write one cache line. */
+__u32 responses_begun = 0;
+
 /* Never written: the zeroed value a new conns entry starts from (too big for the stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -505,6 +505,8 @@ static __always_inline void start_response(struct conn_state *st, const struct x
 
 	/* answering: later calls of this thread are not children of this request (claimable()) */
 	st->phase = PHASE_RESPONSE;
+	if (!responses_begun)
+		responses_begun = 1;
 	st->scanning = SCAN_RUNNING;
 	st->nl = 0;
 	st->scanned = 0;

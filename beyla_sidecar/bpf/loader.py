@@ -10,12 +10,14 @@ strategy's programs, attach, fill the PID-namespace filter, drain the ring buffe
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from . import features, libbpf
 from .events import (
@@ -48,6 +50,37 @@ _U64 = struct.Struct("<Q")
 _LISTEN_KEY = struct.Struct("<IH2x")  # struct listen_key: netns inode, port
 _EXE_ID = struct.Struct("<QII")  # struct exe_id: inode, dev (kernel dev_t), generation
 _SELECTED = 1  # enum selection in probes/gate.h (2: PENDING)
+
+
+class IdleScan(NamedTuple):
+    """One walk of conns by Probes.idle_exchanges()."""
+
+    records: list[ExchangeRecord]  # exchanges whose response went quiet
+    busy: int  # responses under way (or whose CONN_OPEN is still due): quiet later, maybe
+
+
+class _SharedU32:
+    """A u32 global of a loaded object's .bss, read and written in place (the map is mmapable:
+    libbpf creates global-data maps so). Aligned 4-byte loads and stores, never torn."""
+
+    def __init__(self, obj: libbpf.BpfObject, name: str) -> None:
+        offset, size = obj.datasec_vars(".bss").get(name, (-1, 0))
+        if offset < 0 or size != 4:
+            raise BpfError(f".bss variable {name} (4 bytes) not in object", errno.ENOENT)
+        self._map = mmap.mmap(obj.map(".bss").fd, mmap.PAGESIZE, access=mmap.ACCESS_WRITE)
+        self._view = memoryview(self._map).cast("I")
+        self._index = offset // 4
+
+    def get(self) -> int:
+        return self._view[self._index]
+
+    def set(self, value: int) -> None:
+        self._view[self._index] = value
+
+    def close(self) -> None:
+        self._view.release()
+        self._map.close()
+
 
 class ProbeSetupError(BpfError):
     """The probes cannot run here; the message names the fix."""
@@ -173,6 +206,7 @@ class Probes:
         self._uprobes: list[UprobeSet] = []
         self._uprobe_support = UprobeSupport(None)
         self._ring: RingReader | None = None
+        self._responses_begun: _SharedU32 | None = None
         self._polling = False
         self._close_pending = False
         with _packaged_object() as path:
@@ -228,6 +262,7 @@ class Probes:
         self._asyncio_files = obj.map("asyncio_files")
         self._listen = obj.map("listen_ports")
         self._ring = RingReader(obj.map("events").fd, ringbuf_size)
+        self._responses_begun = _SharedU32(obj, "responses_begun")
 
     def __enter__(self) -> Probes:
         return self
@@ -393,29 +428,42 @@ class Probes:
         for port in ports:
             self._listen.update(_LISTEN_KEY.pack(netns, port), b"\x01")
 
-    def idle_exchanges(self, idle_ns: int, now_ns: int) -> list[ExchangeRecord]:
+    def responses_begun(self) -> bool:
+        """Has a response begun since the last idle_exchanges()? Until one does, a walk finds
+        nothing that the last one did not (IdleScan.busy aside)."""
+        assert self._responses_begun is not None, "probes closed"
+        return bool(self._responses_begun.get())
+
+    def idle_exchanges(self, idle_ns: int, now_ns: int) -> IdleScan:
         """Exchanges whose response began and then saw no byte for idle_ns: in all likelihood
         finished, and otherwise only ended by the connection's next request or close (the last
         answer on a keep-alive connection, a long poll's). The kernel keeps them: the caller
         passes those it ends to mark_swept(), and drops a record the kernel sent for one before
         the mark (same key). Not those of a connection whose CONN_OPEN the full ring refused:
-        the kernel sends them after it."""
+        the kernel sends them after it; they count as busy."""
         self._object()
+        assert self._responses_begun is not None
+        # before the walk: a response that begins during it sets the flag again (the kernel
+        # updates its entry before it tests the flag)
+        self._responses_begun.set(0)
         out = []
+        busy = 0
         for key_view, view in self._conns.lookup_batch(SWEEP_BATCH):
-            if view[0] != PHASE_RESPONSE or not view[ANNOUNCED_IN_STATE]:
+            if view[0] != PHASE_RESPONSE:
                 continue
             resp_end = RESP_END_IN_STATE.unpack_from(view)[0]
-            if not resp_end or now_ns - resp_end < idle_ns:
+            if not view[ANNOUNCED_IN_STATE] or not resp_end or now_ns - resp_end < idle_ns:
+                busy += 1
                 continue
             # read twice: the kernel updates the value in place, a torn copy differs
             value = bytes(view)
             if value != self._conns.lookup(bytes(key_view)):
+                busy += 1
                 continue
             rec = decode_exchange(memoryview(value)[CONN_STATE.size:], End.SWEEP)
             if rec is not None:
                 out.append(rec)
-        return out
+        return IdleScan(out, busy)
 
     def mark_swept(self, rec: ExchangeRecord) -> None:
         """The caller ended this exchange from idle_exchanges(): the kernel will not send it (an
@@ -454,8 +502,11 @@ class Probes:
                 stack.callback(uprobes.destroy)
             if self._ring is not None:
                 stack.callback(self._ring.close)
+            if self._responses_begun is not None:
+                stack.callback(self._responses_begun.close)
         self._obj = None
         self._ring = None
+        self._responses_begun = None
         self.propagation = None
         self._links = []
         self._uprobes = []
@@ -464,5 +515,5 @@ class Probes:
 
 __all__ = ["AUTO", "COUNTER_NAMES", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_REQ_CAPTURE", "DEFAULT_RESP_CAPTURE",
            "DEFAULT_RINGBUF_SIZE",
-           "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "UprobeSet",
+           "IdleScan", "KernelFeatures", "ProbeSetupError", "Probes", "RecordHandler", "UprobeSet",
            "pid_namespace_inode", "probe_features"]

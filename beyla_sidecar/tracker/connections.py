@@ -171,7 +171,7 @@ class Tracker:
         one, if it sends it later, is dropped. Returns those ended (for the kernel to know)."""
         ended = []
         for rec in records:
-            if self._swept.get(rec.sock_id) == rec.req_start_ns:
+            if self.swept(rec):
                 continue  # already ended by an earlier sweep
             if finished_only and not self._finished(rec):
                 continue
@@ -179,6 +179,10 @@ class Tracker:
             self._swept[rec.sock_id] = rec.req_start_ns
             ended.append(rec)
         return ended
+
+    def swept(self, rec: ExchangeRecord) -> bool:
+        """Has a sweep ended this exchange?"""
+        return self._swept.get(rec.sock_id) == rec.req_start_ns
 
     def _finished(self, rec: ExchangeRecord) -> bool:
         c = self._conns.get(rec.sock_id)

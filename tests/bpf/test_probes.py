@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -201,6 +202,56 @@ def test_socket_opened_before_probes_keeps_its_role_from_the_listening_port() ->
     mine = [r for r in exchanges(found) if r.sock_id in opens]
     assert sorted((r.role, r.req_bytes, r.resp_bytes, r.request, r.response) for r in mine) == [
         (Role.SERVER, 40, 20, b"ping" * 10, b"pong" * 5), (Role.CLIENT, 40, 20, b"ping" * 10, b"pong" * 5)]
+
+
+# A keep-alive pair in a new PID namespace: one exchange per line read, closed at EOF.
+KEEPALIVE_PAIR = textwrap.dedent("""
+    import json, os, socket, sys
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    print(json.dumps([os.stat("/proc/self/ns/pid").st_ino, listener.getsockname()[1]]), flush=True)
+    for _ in sys.stdin:
+        client.sendall(b"ping")
+        assert server.recv(4, socket.MSG_WAITALL) == b"ping"
+        server.sendall(b"pong")
+        assert client.recv(4, socket.MSG_WAITALL) == b"pong"
+        print("ok", flush=True)
+""")
+
+
+def test_responses_begun_says_when_a_walk_of_conns_can_find_more(probes: Probes) -> None:
+    pair = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", KEEPALIVE_PAIR],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert pair.stdin is not None and pair.stdout is not None
+    try:
+        pid_namespace, port = json.loads(pair.stdout.readline())
+        probes.allow_pid_namespace(pid_namespace)
+        probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, [port])  # opened before the probes
+
+        def exchange() -> None:
+            pair.stdin.write("x\n")
+            pair.stdin.flush()
+            assert pair.stdout.readline() == "ok\n"
+
+        assert probes.idle_exchanges(0, time.monotonic_ns()) == ([], 0)
+        assert not probes.responses_begun()
+        exchange()
+        assert probes.responses_begun()
+        # both ends are answering (the server sent, the client received): not quiet for 10 s
+        scan = probes.idle_exchanges(10_000_000_000, time.monotonic_ns())
+        assert (scan.records, scan.busy) == ([], 2)
+        assert not probes.responses_begun()  # cleared by the walk
+        scan = probes.idle_exchanges(0, time.monotonic_ns())
+        assert scan.busy == 0
+        assert sorted((r.role, r.request, r.response, r.end) for r in scan.records) == [
+            (Role.SERVER, b"ping", b"pong", End.SWEEP), (Role.CLIENT, b"ping", b"pong", End.SWEEP)]
+        assert not probes.responses_begun()  # nothing began since: a sweep can skip the walk
+        exchange()
+        assert probes.responses_begun()
+    finally:
+        pair.stdin.close()
+        assert pair.wait(10) == 0
 
 
 def test_close_unloads_every_program() -> None:

@@ -209,8 +209,11 @@ def test_idle_keepalive_exchange_out_within_a_second(pod: Pod, in_process) -> No
         time.sleep(0.3)  # extras would show
         assert names(receiver.spans(), Span.SPAN_KIND_SERVER, app) == {"GET /hello": 1}
         assert names(receiver.spans(), Span.SPAN_KIND_CLIENT, app) == {"GET /hello": 1}
-        second = session.get("/hello?n=2")  # ends the first exchange in the kernel: not sent again
+        # ends the first exchange in the kernel: not sent again, so no record tells user space
+        # that this one began (only the kernel's responses_begun flag does)
+        second = session.get("/hello?n=2")
         assert wait_for(lambda: stats.exchanges == 4, timeout=3)  # the second one, idle too
+        assert (time.time_ns() - second.end_ns) / 1e9 < 1.0
         session.close()
         assert wait_for(lambda: len(sidecar.pipeline.tracker) == 0, timeout=3)  # both ends closed
         # the kernel knew both were reported (swept): neither went out again, at either end
