@@ -50,11 +50,13 @@ HOUSEKEEPING_SECONDS = 5.0
 # SWEEP_SECONDS: a span is out within about a second of its last byte.
 SWEEP_SECONDS = 0.25
 IDLE_NS = 500_000_000
-# A sweep walks the kernel's connection table only when a response began since the last walk
-# or that walk left responses under way (Probes.responses_begun, IdleScan.busy), and at least
-# this often: a walk costs ~135 µs of cold buckets, an idle sidecar would pay it 4 times a
-# second. The bound covers a flag the kernel tested in the instant user space cleared it.
-FULL_SWEEP_SECONDS = 5.0
+# A sweep walks the kernel's connection table (~200 µs of cold buckets) only once a response
+# can have been quiet for IDLE_NS: one that the last walk found under way (IdleScan.quiet_at_ns),
+# or one begun since that walk (Probes.responses_begun), and at least every FULL_SWEEP_NS. An
+# idle sidecar does not walk four times a second, a busy one about twice. The bound covers a
+# flag the kernel tested in the instant user space cleared it.
+FULL_SWEEP_NS = 5_000_000_000
+NEVER = 1 << 63
 # Longest wait between two drains while the ring stays empty, unless BEYLA_POLL_INTERVAL_MS is
 # longer (it applies as soon as records come; the probes wake the reader themselves when the
 # ring fills a quarter). A wake-up costs ~0.15 ms idle: one per sweep.
@@ -151,8 +153,8 @@ class Pipeline:
         # Without a span destination exchanges need no trace context.
         self.tracker = Tracker(protocols, self._on_exchange, sampler=self.sampler, traces=self.export.enabled)
         self._exited: list[tuple[float, int, int]] = []  # (when to forget, pid, host pid)
-        self._sweep_again = False  # the last sweep left responses to look at again
-        self._next_full_sweep = 0.0
+        self._last_walk_ns = 0  # Probes.idle_exchanges(), by _sweep()
+        self._quiet_at_ns = NEVER  # when the next walk can find an exchange to end
         self.target_ns = target_pid_namespace(cfg.pid_namespace)
         # In our own namespace the events' ns_pid is what our /proc shows and what
         # identifies our own process; elsewhere only the host pid is meaningful here.
@@ -362,15 +364,18 @@ class Pipeline:
         report("final export", seconds=round(time.monotonic() - started, 3), spans_abandoned=spans,
                metric_exports_abandoned=metric_exports)
 
-    def _sweep(self, probes: Probes, now: float) -> None:
+    def _sweep(self, probes: Probes) -> None:
         now_ns = time.monotonic_ns()
-        if self._sweep_again or now >= self._next_full_sweep or probes.responses_begun():
+        last = self._last_walk_ns
+        if now_ns >= self._quiet_at_ns or now_ns - last >= FULL_SWEEP_NS or (
+                now_ns - last >= IDLE_NS and probes.responses_begun()):
+            self._last_walk_ns = now_ns
             scan = probes.idle_exchanges(IDLE_NS, now_ns)
             for rec in self.tracker.sweep(scan.records):
                 probes.mark_swept(rec)  # the kernel does not send it again (a full ring would count it lost)
-            # still running, or quiet but not finished by its protocol's count: look again
-            self._sweep_again = scan.busy > 0 or not all(map(self.tracker.swept, scan.records))
-            self._next_full_sweep = now + FULL_SWEEP_SECONDS
+            self._quiet_at_ns = NEVER if scan.quiet_at_ns is None else scan.quiet_at_ns
+            if not all(map(self.tracker.swept, scan.records)):
+                self._quiet_at_ns = now_ns  # quiet, but its protocol counts more bytes due: look again
         self.tracker.expire(now_ns)
 
     def housekeeping(self) -> None:
@@ -428,7 +433,7 @@ class Pipeline:
                     if self._exited:
                         self._forget_exited(now)
                     if now >= next_sweep:
-                        self._sweep(probes, now)
+                        self._sweep(probes)
                         next_sweep = now + SWEEP_SECONDS
                     if now >= next_counters:
                         self.stats.kernel_counters = probes.counters()

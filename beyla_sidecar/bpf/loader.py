@@ -56,7 +56,10 @@ class IdleScan(NamedTuple):
     """One walk of conns by Probes.idle_exchanges()."""
 
     records: list[ExchangeRecord]  # exchanges whose response went quiet
-    busy: int  # responses under way (or whose CONN_OPEN is still due): quiet later, maybe
+    # When the first response still under way can have been quiet long enough (CLOCK_MONOTONIC
+    # ns): the walk's now_ns for one that cannot tell (no byte timed yet, its CONN_OPEN still
+    # due, a copy torn by the kernel's update); None: none under way.
+    quiet_at_ns: int | None
 
 
 class _SharedU32:
@@ -440,30 +443,34 @@ class Probes:
         answer on a keep-alive connection, a long poll's). The kernel keeps them: the caller
         passes those it ends to mark_swept(), and drops a record the kernel sent for one before
         the mark (same key). Not those of a connection whose CONN_OPEN the full ring refused:
-        the kernel sends them after it; they count as busy."""
+        the kernel sends them after it (IdleScan.quiet_at_ns)."""
         self._object()
         assert self._responses_begun is not None
         # before the walk: a response that begins during it sets the flag again (the kernel
         # updates its entry before it tests the flag)
         self._responses_begun.set(0)
         out = []
-        busy = 0
+        quiet_at: int | None = None
         for key_view, view in self._conns.lookup_batch(SWEEP_BATCH):
             if view[0] != PHASE_RESPONSE:
                 continue
             resp_end = RESP_END_IN_STATE.unpack_from(view)[0]
-            if not view[ANNOUNCED_IN_STATE] or not resp_end or now_ns - resp_end < idle_ns:
-                busy += 1
+            if not view[ANNOUNCED_IN_STATE] or not resp_end:
+                quiet_at = now_ns
+                continue
+            if now_ns - resp_end < idle_ns:
+                if quiet_at is None or resp_end + idle_ns < quiet_at:
+                    quiet_at = resp_end + idle_ns
                 continue
             # read twice: the kernel updates the value in place, a torn copy differs
             value = bytes(view)
             if value != self._conns.lookup(bytes(key_view)):
-                busy += 1
+                quiet_at = now_ns
                 continue
             rec = decode_exchange(memoryview(value)[CONN_STATE.size:], End.SWEEP)
             if rec is not None:
                 out.append(rec)
-        return IdleScan(out, busy)
+        return IdleScan(out, quiet_at)
 
     def mark_swept(self, rec: ExchangeRecord) -> None:
         """The caller ended this exchange from idle_exchanges(): the kernel will not send it (an

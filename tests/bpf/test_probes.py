@@ -234,16 +234,18 @@ def test_responses_begun_says_when_a_walk_of_conns_can_find_more(probes: Probes)
             pair.stdin.flush()
             assert pair.stdout.readline() == "ok\n"
 
-        assert probes.idle_exchanges(0, time.monotonic_ns()) == ([], 0)
+        assert probes.idle_exchanges(0, time.monotonic_ns()) == ([], None)
         assert not probes.responses_begun()
+        before = time.monotonic_ns()
         exchange()
+        after = time.monotonic_ns()
         assert probes.responses_begun()
         # both ends are answering (the server sent, the client received): not quiet for 10 s
         scan = probes.idle_exchanges(10_000_000_000, time.monotonic_ns())
-        assert (scan.records, scan.busy) == ([], 2)
+        assert scan.records == [] and before + 10_000_000_000 < scan.quiet_at_ns < after + 10_000_000_000
         assert not probes.responses_begun()  # cleared by the walk
         scan = probes.idle_exchanges(0, time.monotonic_ns())
-        assert scan.busy == 0
+        assert scan.quiet_at_ns is None
         assert sorted((r.role, r.request, r.response, r.end) for r in scan.records) == [
             (Role.SERVER, b"ping", b"pong", End.SWEEP), (Role.CLIENT, b"ping", b"pong", End.SWEEP)]
         assert not probes.responses_begun()  # nothing began since: a sweep can skip the walk
