@@ -59,8 +59,13 @@ FULL_SWEEP_NS = 5_000_000_000
 NEVER = 1 << 63
 # Longest wait between two drains while the ring stays empty, unless BEYLA_POLL_INTERVAL_MS is
 # longer (it applies as soon as records come; the probes wake the reader themselves when the
-# ring fills a quarter). A wake-up costs ~0.15 ms idle: one per sweep.
+# ring fills a quarter). A wake-up costs ~0.1 ms idle: one per sweep.
 IDLE_POLL_MS = int(SWEEP_SECONDS * 1000)
+# The wait once the pod is idle: the ring stayed empty for IDLE_POLL_MS and nothing is under way
+# (no response to end, no exited process or orphan exchange to settle). The first response to
+# begin wakes the reader (Probes.poll's idle_ms), so its exchange still ends within a second.
+# Also the longest a stop then waits, as with BEYLA_POLL_INTERVAL_MS's maximum.
+ASLEEP_MS = 1000
 # Records handled per ring read. Between two reads the loop's syscalls let the span export
 # thread take the GIL: a drain's backlog handled in one go would reach the span queue
 # (OTEL_BSP_MAX_QUEUE_SIZE, 2048) faster than the exporter empties it.
@@ -378,6 +383,10 @@ class Pipeline:
                 self._quiet_at_ns = now_ns  # quiet, but its protocol counts more bytes due: look again
         self.tracker.expire(now_ns)
 
+    def _settled(self) -> bool:
+        """Nothing under way that a timer of the loop has to finish."""
+        return self._quiet_at_ns == NEVER and not self._exited and not self.tracker.waiting
+
     def housekeeping(self) -> None:
         self.clock.sync()
         self.discovery.sweep()
@@ -421,10 +430,13 @@ class Pipeline:
                 next_counters = 0.0
                 next_sweep = time.monotonic() + SWEEP_SECONDS
                 wait_ms = timeout_ms
+                got = 0
                 while not stop.is_set():
                     if probes.ring_backlog() < SPAN_ROOM_RING_BACKLOG:
                         self.export.make_room(DRAIN_BATCH, SPAN_ROOM_SECONDS)
-                    got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH)
+                    asleep = not got and wait_ms >= IDLE_POLL_MS and self._settled()
+                    got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH,
+                                      idle_ms=max(ASLEEP_MS, wait_ms) if asleep else None)
                     wait_ms = next_wait(got, wait_ms, timeout_ms)
                     if got and self.metrics is not None:
                         self.metrics.flush()

@@ -39,6 +39,9 @@ struct {
  * does not walk the map's buckets four times a second. Tested before it is written: the
  * responses of every CPU would otherwise write one cache line. */
 __u32 responses_begun = 0;
+/* Set by user space while it waits longer than its sweep period (an idle pod): the response
+ * that sets responses_begun then wakes it, for its exchange to be ended within a second. */
+__u32 reader_asleep = 0;
 
 /* Never written: the zeroed value a new conns entry starts from (too big for the stack). */
 struct {

@@ -505,8 +505,15 @@ static __always_inline void start_response(struct conn_state *st, const struct x
 
 	/* answering: later calls of this thread are not children of this request (claimable()) */
 	st->phase = PHASE_RESPONSE;
-	if (!responses_begun)
-		responses_begun = 1;
+	if (!responses_begun) {
+		/* a locked add (XADD): the flag is out before reader_asleep is read. Two CPUs
+		 * may both add; any value but 0 says it. */
+		__sync_fetch_and_add(&responses_begun, 1);
+		if (reader_asleep) {
+			reader_asleep = 0;
+			wake_reader();
+		}
+	}
 	st->scanning = SCAN_RUNNING;
 	st->nl = 0;
 	st->scanned = 0;

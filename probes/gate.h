@@ -221,6 +221,15 @@ static __always_inline bool submit_now(void *data, __u64 size, __u32 lost)
 	return ring_output(data, size, lost, BPF_RB_FORCE_WAKEUP);
 }
 
+/* Wakes the reader with no record: an empty one, discarded (the reader skips it). */
+static __always_inline void wake_reader(void)
+{
+	void *rec = bpf_ringbuf_reserve(&events, 8, 0);
+
+	if (rec)
+		bpf_ringbuf_discard(rec, BPF_RB_FORCE_WAKEUP);
+}
+
 /* Host and namespace-local ids of a task that passed the gate. */
 static __always_inline void task_ids(const struct cur_task *cur, struct conn_event *e)
 {

@@ -62,23 +62,26 @@ class IdleScan(NamedTuple):
     quiet_at_ns: int | None
 
 
-class _SharedU32:
-    """A u32 global of a loaded object's .bss, read and written in place (the map is mmapable:
-    libbpf creates global-data maps so). Aligned 4-byte loads and stores, never torn."""
+class _Bss:
+    """The u32 globals of a loaded object's .bss, read and written in place (libbpf creates
+    global-data maps mmapable). Aligned 4-byte loads and stores, never torn."""
 
-    def __init__(self, obj: libbpf.BpfObject, name: str) -> None:
-        offset, size = obj.datasec_vars(".bss").get(name, (-1, 0))
-        if offset < 0 or size != 4:
-            raise BpfError(f".bss variable {name} (4 bytes) not in object", errno.ENOENT)
+    def __init__(self, obj: libbpf.BpfObject) -> None:
+        self._vars = obj.datasec_vars(".bss")
         self._map = mmap.mmap(obj.map(".bss").fd, mmap.PAGESIZE, access=mmap.ACCESS_WRITE)
         self._view = memoryview(self._map).cast("I")
-        self._index = offset // 4
 
-    def get(self) -> int:
-        return self._view[self._index]
+    def index(self, name: str) -> int:
+        offset, size = self._vars.get(name, (-1, 0))
+        if offset < 0 or size != 4:
+            raise BpfError(f".bss variable {name} (4 bytes) not in object", errno.ENOENT)
+        return offset // 4
 
-    def set(self, value: int) -> None:
-        self._view[self._index] = value
+    def get(self, index: int) -> int:
+        return self._view[index]
+
+    def set(self, index: int, value: int) -> None:
+        self._view[index] = value
 
     def close(self) -> None:
         self._view.release()
@@ -209,7 +212,7 @@ class Probes:
         self._uprobes: list[UprobeSet] = []
         self._uprobe_support = UprobeSupport(None)
         self._ring: RingReader | None = None
-        self._responses_begun: _SharedU32 | None = None
+        self._bss: _Bss | None = None
         self._polling = False
         self._close_pending = False
         with _packaged_object() as path:
@@ -265,7 +268,9 @@ class Probes:
         self._asyncio_files = obj.map("asyncio_files")
         self._listen = obj.map("listen_ports")
         self._ring = RingReader(obj.map("events").fd, ringbuf_size)
-        self._responses_begun = _SharedU32(obj, "responses_begun")
+        self._bss = _Bss(obj)
+        self._responses_begun = self._bss.index("responses_begun")
+        self._reader_asleep = self._bss.index("reader_asleep")
 
     def __enter__(self) -> Probes:
         return self
@@ -391,13 +396,16 @@ class Probes:
         self._tls_files.update(_U32.pack(0), _U32.pack(tls))
         self._asyncio_files.update(_U32.pack(0), _U32.pack(len(self._uprobes) - tls))
 
-    def poll(self, timeout_ms: int, callback: RecordHandler, limit: int | None = None) -> int:
+    def poll(self, timeout_ms: int, callback: RecordHandler, limit: int | None = None,
+             idle_ms: int | None = None) -> int:
         """Wait up to timeout_ms, then hand the records (at most `limit`) to callback; number handled.
         The probes only wake the reader when the ring is 1/WAKEUP_FRACTION full, so this
-        normally returns after timeout_ms: that is the delivery latency.
-        callback gets a memoryview into the ring, valid only during the call.
-        An exception from callback propagates (the record that raised counts as consumed)."""
-        return self._drain(callback, timeout_ms, limit)
+        normally returns after timeout_ms: that is the delivery latency. `idle_ms`: wait that
+        long instead while no response has begun since the last idle_exchanges(); the first
+        one that begins ends the wait. callback gets a memoryview into the ring, valid only
+        during the call. An exception from callback propagates (the record that raised counts
+        as consumed)."""
+        return self._drain(callback, timeout_ms, limit, idle_ms)
 
     def ring_backlog(self) -> float:
         """The share of the ring buffer holding records not read yet (RingReader.backlog)."""
@@ -412,17 +420,34 @@ class Probes:
         assert self._ring is not None
         return self._ring
 
-    def _drain(self, callback: RecordHandler, timeout_ms: int | None, limit: int | None) -> int:
+    def _drain(self, callback: RecordHandler, timeout_ms: int | None, limit: int | None,
+               idle_ms: int | None = None) -> int:
         ring = self._reader()
         self._polling = True
         try:
-            if timeout_ms is not None:
+            if idle_ms is not None:
+                self._wait_idle(ring, timeout_ms or 0, idle_ms)
+            elif timeout_ms is not None:
                 ring.wait(timeout_ms)
             return ring.drain(callback, limit)
         finally:
             self._polling = False
             if self._close_pending:
                 self.close()
+
+    def _wait_idle(self, ring: RingReader, timeout_ms: int, idle_ms: int) -> None:
+        """poll(idle_ms=...)'s wait: while reader_asleep is set, the response that sets
+        responses_begun wakes the reader."""
+        bss = self._bss
+        assert bss is not None
+        bss.set(self._reader_asleep, 1)
+        try:
+            # tested after the store: a response that found it clear had set responses_begun
+            # first. x86 may still let this load pass that store (no fence from Python): then
+            # neither side sees the other, and that one exchange ends up to idle_ms late.
+            ring.wait(timeout_ms if bss.get(self._responses_begun) else idle_ms)
+        finally:
+            bss.set(self._reader_asleep, 0)
 
     def add_listen_ports(self, netns: int, ports: Iterable[int]) -> None:
         """Listening TCP ports of a network namespace (inode) opened before the probes: their
@@ -434,8 +459,8 @@ class Probes:
     def responses_begun(self) -> bool:
         """Has a response begun since the last idle_exchanges()? Until one does, a walk finds
         nothing that the last one did not (IdleScan.busy aside)."""
-        assert self._responses_begun is not None, "probes closed"
-        return bool(self._responses_begun.get())
+        assert self._bss is not None, "probes closed"
+        return bool(self._bss.get(self._responses_begun))
 
     def idle_exchanges(self, idle_ns: int, now_ns: int) -> IdleScan:
         """Exchanges whose response began and then saw no byte for idle_ns: in all likelihood
@@ -445,10 +470,10 @@ class Probes:
         the mark (same key). Not those of a connection whose CONN_OPEN the full ring refused:
         the kernel sends them after it (IdleScan.quiet_at_ns)."""
         self._object()
-        assert self._responses_begun is not None
+        assert self._bss is not None
         # before the walk: a response that begins during it sets the flag again (the kernel
         # updates its entry before it tests the flag)
-        self._responses_begun.set(0)
+        self._bss.set(self._responses_begun, 0)
         out = []
         quiet_at: int | None = None
         for key_view, view in self._conns.lookup_batch(SWEEP_BATCH):
@@ -509,11 +534,11 @@ class Probes:
                 stack.callback(uprobes.destroy)
             if self._ring is not None:
                 stack.callback(self._ring.close)
-            if self._responses_begun is not None:
-                stack.callback(self._responses_begun.close)
+            if self._bss is not None:
+                stack.callback(self._bss.close)
         self._obj = None
         self._ring = None
-        self._responses_begun = None
+        self._bss = None
         self.propagation = None
         self._links = []
         self._uprobes = []

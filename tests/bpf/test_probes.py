@@ -256,6 +256,50 @@ def test_responses_begun_says_when_a_walk_of_conns_can_find_more(probes: Probes)
         assert pair.wait(10) == 0
 
 
+def test_an_idle_wait_ends_when_a_response_begins(probes: Probes) -> None:
+    pair = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", KEEPALIVE_PAIR],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert pair.stdin is not None and pair.stdout is not None
+    try:
+        pid_namespace, port = json.loads(pair.stdout.readline())
+        probes.allow_pid_namespace(pid_namespace)
+        probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, [port])
+
+        def exchange_later() -> threading.Thread:
+            def run() -> None:
+                time.sleep(0.3)
+                pair.stdin.write("x\n")
+                pair.stdin.flush()
+                assert pair.stdout.readline() == "ok\n"
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        def timed_poll(**idle: int) -> float:
+            thread = exchange_later()
+            start = time.monotonic()
+            probes.poll(1500, lambda record: None, **idle)
+            elapsed = time.monotonic() - start
+            thread.join(5)
+            probes.idle_exchanges(0, time.monotonic_ns())  # clears responses_begun
+            return elapsed
+
+        # its records alone wake nobody (the ring is far from a quarter full): the whole timeout
+        assert timed_poll() >= 1.5
+        # the same exchange's response ends a longer idle wait at once
+        assert 0.3 <= timed_poll(idle_ms=10_000) < 1.0
+        # a response begun before the wait: the plain timeout applies (here 0.2 s, not 10 s)
+        pair.stdin.write("x\n")
+        pair.stdin.flush()
+        assert pair.stdout.readline() == "ok\n"
+        start = time.monotonic()
+        probes.poll(200, lambda record: None, idle_ms=10_000)
+        assert time.monotonic() - start < 1.0
+    finally:
+        pair.stdin.close()
+        assert pair.wait(10) == 0
+
+
 def test_close_unloads_every_program() -> None:
     probes = Probes()
     ours = bpf_prog_ids()
