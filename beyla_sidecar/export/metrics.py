@@ -73,12 +73,11 @@ class Buckets:
             return
         self.sum = reduce(add, values, self.sum)
         self.count += len(values)
-        low, high = min(values), max(values)
-        if low < self.min:
-            self.min = low
-        if high > self.max:
-            self.max = high
         values.sort()
+        if values[0] < self.min:
+            self.min = values[0]
+        if values[-1] > self.max:
+            self.max = values[-1]
         counts, done, n = self.counts, 0, len(values)
         for i, bound in enumerate(self.bounds):
             below = bisect_right(values, bound, done)  # counts[i]: values in (bounds[i-1], bounds[i]]
