@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -220,84 +220,68 @@ KEEPALIVE_PAIR = textwrap.dedent("""
 """)
 
 
-def test_responses_begun_says_when_a_walk_of_conns_can_find_more(probes: Probes) -> None:
+@pytest.fixture
+def keepalive_exchange(probes: Probes) -> Iterator[Callable[[], None]]:
+    """One exchange of KEEPALIVE_PAIR per call, the pair's namespace allowed in `probes`."""
     pair = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", KEEPALIVE_PAIR],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert pair.stdin is not None and pair.stdout is not None
-    try:
-        pid_namespace, port = json.loads(pair.stdout.readline())
-        probes.allow_pid_namespace(pid_namespace)
-        probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, [port])  # opened before the probes
+    stdin, stdout = pair.stdin, pair.stdout
+    pid_namespace, port = json.loads(stdout.readline())
+    probes.allow_pid_namespace(pid_namespace)
+    probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, [port])  # opened before the probes
 
-        def exchange() -> None:
-            pair.stdin.write("x\n")
-            pair.stdin.flush()
-            assert pair.stdout.readline() == "ok\n"
+    def exchange() -> None:
+        stdin.write("x\n")
+        stdin.flush()
+        assert stdout.readline() == "ok\n"
 
-        assert probes.idle_exchanges(0, time.monotonic_ns()) == ([], None)
-        assert not probes.responses_begun()
-        before = time.monotonic_ns()
-        exchange()
-        after = time.monotonic_ns()
-        assert probes.responses_begun()
-        # both ends are answering (the server sent, the client received): not quiet for 10 s
-        scan = probes.idle_exchanges(10_000_000_000, time.monotonic_ns())
-        assert scan.records == [] and before + 10_000_000_000 < scan.quiet_at_ns < after + 10_000_000_000
-        assert not probes.responses_begun()  # cleared by the walk
-        scan = probes.idle_exchanges(0, time.monotonic_ns())
-        assert scan.quiet_at_ns is None
-        assert sorted((r.role, r.request, r.response, r.end) for r in scan.records) == [
-            (Role.SERVER, b"ping", b"pong", End.SWEEP), (Role.CLIENT, b"ping", b"pong", End.SWEEP)]
-        assert not probes.responses_begun()  # nothing began since: a sweep can skip the walk
-        exchange()
-        assert probes.responses_begun()
-    finally:
-        pair.stdin.close()
-        assert pair.wait(10) == 0
+    yield exchange
+    stdin.close()
+    assert pair.wait(10) == 0
 
 
-def test_an_idle_wait_ends_when_a_response_begins(probes: Probes) -> None:
-    pair = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", KEEPALIVE_PAIR],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert pair.stdin is not None and pair.stdout is not None
-    try:
-        pid_namespace, port = json.loads(pair.stdout.readline())
-        probes.allow_pid_namespace(pid_namespace)
-        probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, [port])
+def test_responses_begun_says_when_a_walk_of_conns_can_find_more(
+        probes: Probes, keepalive_exchange: Callable[[], None]) -> None:
+    assert probes.idle_exchanges(0, time.monotonic_ns()) == ([], None)
+    assert not probes.responses_begun()
+    before = time.monotonic_ns()
+    keepalive_exchange()
+    after = time.monotonic_ns()
+    assert probes.responses_begun()
+    # both ends are answering (the server sent, the client received): not quiet for 10 s
+    scan = probes.idle_exchanges(10_000_000_000, time.monotonic_ns())
+    assert scan.records == [] and before + 10_000_000_000 < scan.quiet_at_ns < after + 10_000_000_000
+    assert not probes.responses_begun()  # cleared by the walk
+    scan = probes.idle_exchanges(0, time.monotonic_ns())
+    assert scan.quiet_at_ns is None
+    assert sorted((r.role, r.request, r.response, r.end) for r in scan.records) == [
+        (Role.SERVER, b"ping", b"pong", End.SWEEP), (Role.CLIENT, b"ping", b"pong", End.SWEEP)]
+    assert not probes.responses_begun()  # nothing began since: a sweep can skip the walk
+    keepalive_exchange()
+    assert probes.responses_begun()
 
-        def exchange_later() -> threading.Thread:
-            def run() -> None:
-                time.sleep(0.3)
-                pair.stdin.write("x\n")
-                pair.stdin.flush()
-                assert pair.stdout.readline() == "ok\n"
-            thread = threading.Thread(target=run)
-            thread.start()
-            return thread
 
-        def timed_poll(**idle: int) -> float:
-            thread = exchange_later()
-            start = time.monotonic()
-            probes.poll(1500, lambda record: None, **idle)
-            elapsed = time.monotonic() - start
-            thread.join(5)
-            probes.idle_exchanges(0, time.monotonic_ns())  # clears responses_begun
-            return elapsed
-
-        # its records alone wake nobody (the ring is far from a quarter full): the whole timeout
-        assert timed_poll() >= 1.5
-        # the same exchange's response ends a longer idle wait at once
-        assert 0.3 <= timed_poll(idle_ms=10_000) < 1.0
-        # a response begun before the wait: the plain timeout applies (here 0.2 s, not 10 s)
-        pair.stdin.write("x\n")
-        pair.stdin.flush()
-        assert pair.stdout.readline() == "ok\n"
+def test_an_idle_wait_ends_when_a_response_begins(probes: Probes, keepalive_exchange: Callable[[], None]) -> None:
+    def timed_poll(**idle: int) -> float:
+        later = threading.Timer(0.3, keepalive_exchange)
+        later.start()
         start = time.monotonic()
-        probes.poll(200, lambda record: None, idle_ms=10_000)
-        assert time.monotonic() - start < 1.0
-    finally:
-        pair.stdin.close()
-        assert pair.wait(10) == 0
+        probes.poll(1500, lambda record: None, **idle)
+        elapsed = time.monotonic() - start
+        later.join(5)
+        probes.idle_exchanges(0, time.monotonic_ns())  # clears responses_begun
+        return elapsed
+
+    # its records alone wake nobody (the ring is far from a quarter full): the whole timeout
+    assert timed_poll() >= 1.5
+    # the same exchange's response ends a longer idle wait at once
+    assert 0.3 <= timed_poll(idle_ms=10_000) < 1.0
+    # a response begun before the wait: the plain timeout applies (here 0.2 s, not 10 s)
+    keepalive_exchange()
+    start = time.monotonic()
+    probes.poll(200, lambda record: None, idle_ms=10_000)
+    assert time.monotonic() - start < 1.0
 
 
 def test_close_unloads_every_program() -> None:
