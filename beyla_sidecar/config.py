@@ -398,10 +398,11 @@ class Config:
     poll_interval: float = _env(
         "BEYLA_POLL_INTERVAL_MS", "250",
         "How often the ring buffer is drained, above 0 and at most 1000 (a lower value backs off to "
-        "250 ms while the pod is idle, then 1 s until a response begins); probes submit without wake-ups until the ring is a quarter full, "
-        "but for an exec (a short-lived process is named from /proc while it runs). "
-        "Each drain costs 0.3-0.6 ms of CPU whatever it finds (cold caches), so fewer, larger batches are "
-        "cheaper; spans wait longer in the export batch anyway (OTEL_BSP_SCHEDULE_DELAY).", _poll_interval_ms)
+        "250 ms while the pod is idle, then 1 s until a response begins); probes submit without "
+        "wake-ups until the ring is a quarter full, but for an exec (a short-lived process is named "
+        "from /proc while it runs). Each drain costs 0.3-0.6 ms of CPU whatever it finds (cold caches), "
+        "so fewer, larger batches are cheaper; spans wait longer in the export batch anyway "
+        "(OTEL_BSP_SCHEDULE_DELAY).", _poll_interval_ms)
     trace_printer: str = _env(
         "BEYLA_TRACE_PRINTER", "",
         "Print spans to stdout: `text` (one line each), `json` (one object per line) or "

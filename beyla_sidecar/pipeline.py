@@ -454,7 +454,8 @@ class Pipeline:
                         self.housekeeping()
                         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 probes.consume(self.on_record)
-                self.tracker.sweep(probes.idle_exchanges(0, time.monotonic_ns()).records, finished_only=False)  # all open
+                last = probes.idle_exchanges(0, time.monotonic_ns())  # every exchange still open
+                self.tracker.sweep(last.records, finished_only=False)
                 self.tracker.expire(1 << 63)
                 self.stats.kernel_counters = probes.counters()
                 if probes.propagation is not None:

@@ -458,7 +458,7 @@ class Probes:
 
     def responses_begun(self) -> bool:
         """Has a response begun since the last idle_exchanges()? Until one does, a walk finds
-        nothing that the last one did not (IdleScan.busy aside)."""
+        nothing that the last one did not (IdleScan.quiet_at_ns aside)."""
         assert self._bss is not None, "probes closed"
         return bool(self._bss.get(self._responses_begun))
 
