@@ -34,10 +34,11 @@ struct {
 	__type(value, __u64);
 } swept SEC(".maps");
 
-/* Set when a response begins; user space clears it before each idle sweep and walks conns
- * only when it was set or that walk left responses to look at again: an idle pod's sidecar
- * does not walk the map's buckets four times a second. Tested before it is written: the
- * responses of every CPU would otherwise write one cache line. */
+/* Set when a response begins; user space clears it before each walk of conns for quiet
+ * exchanges and walks only when it was set, when a response the last walk found under way can
+ * have gone quiet, or every 5 s: an idle pod's sidecar does not walk the map's buckets four
+ * times a second. Tested before it is written: the responses of every CPU would otherwise
+ * write one cache line. */
 __u32 responses_begun = 0;
 /* Set by user space while it waits longer than its sweep period (an idle pod): the response
  * that sets responses_begun then wakes it, for its exchange to be ended within a second. */
