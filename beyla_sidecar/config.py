@@ -396,9 +396,10 @@ class Config:
         "BEYLA_RINGBUF_SIZE", "8388608",
         "Ring buffer size in bytes: a power of two from the page size (usually 4096) to 1 GiB.", _ringbuf_size)
     poll_interval: float = _env(
-        "BEYLA_POLL_INTERVAL_MS", "250",
+        "BEYLA_POLL_INTERVAL_MS", "500",
         "How often the ring buffer is drained, above 0 and at most 1000 (a lower value backs off to "
-        "250 ms while the pod is idle, then 1 s until a response begins); probes submit without "
+        "500 ms while the pod is idle, then 1 s until a response begins; a drain also comes when a "
+        "response can have been quiet for 500 ms, to end its span); probes submit without "
         "wake-ups until the ring is a quarter full, but for an exec (a short-lived process is named "
         "from /proc while it runs). Each drain costs 0.3-0.6 ms of CPU whatever it finds (cold caches), "
         "so fewer, larger batches are cheaper; spans wait longer in the export batch anyway "

@@ -46,21 +46,25 @@ from .tracker.routes import Drop, Routes
 HOST_PID_NAMESPACE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the initial PID namespace's inode, fixed by the kernel
 HOUSEKEEPING_SECONDS = 5.0
 # Exchanges whose response saw no byte for IDLE_NS are ended from the kernel's state (the last
-# answer of a keep-alive connection would otherwise wait for the next request), checked every
-# SWEEP_SECONDS: a span is out within about a second of its last byte.
-SWEEP_SECONDS = 0.25
+# answer of a keep-alive connection would otherwise wait for the next request).
 IDLE_NS = 500_000_000
 # A sweep walks the kernel's connection table (~200 µs of cold buckets) only once a response
-# can have been quiet for IDLE_NS: one that the last walk found under way (IdleScan.quiet_at_ns),
-# or one begun since that walk (Probes.responses_begun), and at least every FULL_SWEEP_NS. An
-# idle sidecar does not walk four times a second, a busy one about twice. The bound covers a
-# flag the kernel tested in the instant user space cleared it.
+# can have been quiet for IDLE_NS: at the time the last walk found for the earliest one under way
+# (IdleScan.quiet_at_ns), where the loop's wait ends; IDLE_NS after that walk if a response has
+# begun since (Probes.responses_begun); and at least every FULL_SWEEP_NS, for a flag the kernel
+# tested in the instant user space cleared it. Walks are WALK_GAP_NS apart at least, and one that
+# found what it could not end yet (a connection not announced, an entry read torn, a response
+# short of its declared length) looks again LOOK_AGAIN_NS later. A span is out about IDLE_NS after
+# its last byte, and a busy sidecar walks, and so drains, about twice a second: each drain costs
+# 0.3-0.6 ms of cold caches whatever it finds.
+WALK_GAP_NS = 100_000_000
+LOOK_AGAIN_NS = 250_000_000
 FULL_SWEEP_NS = 5_000_000_000
 NEVER = 1 << 63
 # Longest wait between two drains while the ring stays empty, unless BEYLA_POLL_INTERVAL_MS is
 # longer (it applies as soon as records come; the probes wake the reader themselves when the
-# ring fills a quarter). A wake-up costs ~0.1 ms idle: one per sweep.
-IDLE_POLL_MS = int(SWEEP_SECONDS * 1000)
+# ring fills a quarter). A response begun meanwhile is seen by the walk after it.
+IDLE_POLL_MS = IDLE_NS // 1_000_000
 # The wait once the pod is idle: the ring stayed empty for IDLE_POLL_MS and nothing is under way
 # (no response to end, no exited process or orphan exchange to settle). The first response to
 # begin wakes the reader (Probes.poll's idle_ms), so its exchange still ends within a second.
@@ -369,18 +373,28 @@ class Pipeline:
         report("final export", seconds=round(time.monotonic() - started, 3), spans_abandoned=spans,
                metric_exports_abandoned=metric_exports)
 
+    def _walk_at(self, probes: Probes) -> int:
+        """When the next walk of the kernel's connections is due (monotonic ns)."""
+        last = self._last_walk_ns
+        due = max(self._quiet_at_ns, last + WALK_GAP_NS)
+        return min(due, last + (IDLE_NS if probes.responses_begun() else FULL_SWEEP_NS))
+
+    def _wait_ms(self, probes: Probes, wait_ms: int) -> int:
+        """The ring wait, cut short where the next walk is due."""
+        until = self._walk_at(probes) - time.monotonic_ns()
+        return wait_ms if until >= wait_ms * 1_000_000 else max(0, -(-until // 1_000_000))
+
     def _sweep(self, probes: Probes) -> None:
         now_ns = time.monotonic_ns()
-        last = self._last_walk_ns
-        if now_ns >= self._quiet_at_ns or now_ns - last >= FULL_SWEEP_NS or (
-                now_ns - last >= IDLE_NS and probes.responses_begun()):
+        if now_ns >= self._walk_at(probes):
             self._last_walk_ns = now_ns
             scan = probes.idle_exchanges(IDLE_NS, now_ns)
             for rec in self.tracker.sweep(scan.records):
                 probes.mark_swept(rec)  # the kernel does not send it again (a full ring would count it lost)
-            self._quiet_at_ns = NEVER if scan.quiet_at_ns is None else scan.quiet_at_ns
-            if not all(map(self.tracker.swept, scan.records)):
-                self._quiet_at_ns = now_ns  # quiet, but its protocol counts more bytes due: look again
+            quiet_at = NEVER if scan.quiet_at_ns is None else scan.quiet_at_ns
+            if quiet_at <= now_ns or not all(map(self.tracker.swept, scan.records)):
+                quiet_at = now_ns + LOOK_AGAIN_NS
+            self._quiet_at_ns = quiet_at
         self.tracker.expire(now_ns)
 
     def _settled(self) -> bool:
@@ -428,15 +442,14 @@ class Pipeline:
                 timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                 next_counters = 0.0
-                next_sweep = time.monotonic() + SWEEP_SECONDS
                 wait_ms = timeout_ms
                 got = 0
                 while not stop.is_set():
                     if probes.ring_backlog() < SPAN_ROOM_RING_BACKLOG:
                         self.export.make_room(DRAIN_BATCH, SPAN_ROOM_SECONDS)
                     asleep = not got and wait_ms >= IDLE_POLL_MS and self._settled()
-                    got = probes.poll(wait_ms, self.on_record, DRAIN_BATCH,
-                                      idle_ms=max(ASLEEP_MS, wait_ms) if asleep else None)
+                    got = probes.poll(wait_ms if asleep else self._wait_ms(probes, wait_ms), self.on_record,
+                                      DRAIN_BATCH, idle_ms=max(ASLEEP_MS, wait_ms) if asleep else None)
                     wait_ms = next_wait(got, wait_ms, timeout_ms)
                     if got and self.metrics is not None:
                         self.metrics.flush()
@@ -444,9 +457,7 @@ class Pipeline:
                     now = time.monotonic()
                     if self._exited:
                         self._forget_exited(now)
-                    if now >= next_sweep:
-                        self._sweep(probes)
-                        next_sweep = now + SWEEP_SECONDS
+                    self._sweep(probes)
                     if now >= next_counters:
                         self.stats.kernel_counters = probes.counters()
                         next_counters = now + KERNEL_COUNTERS_SECONDS

@@ -17,7 +17,7 @@ def test_an_empty_ring_backs_off_to_the_idle_wait_and_stays_there() -> None:
     for _ in range(8):
         wait = next_wait(0, wait, 10)
         waits.append(wait)
-    assert waits == [20, 40, 80, 160, IDLE_POLL_MS, IDLE_POLL_MS, IDLE_POLL_MS, IDLE_POLL_MS]
+    assert waits == [20, 40, 80, 160, 320, IDLE_POLL_MS, IDLE_POLL_MS, IDLE_POLL_MS]
 
 
 def test_an_empty_ring_after_a_full_batch_does_not_spin() -> None:
