@@ -38,6 +38,7 @@ from .export.traces import TraceExport
 from .network import NetworkMetrics
 from .protocols import all_protocols
 from .protocols.http2 import HTTP2
+from .signals import StopSignal
 from .tracker.connections import Tracker
 from .tracker.context import make_sampler
 from .tracker.exchange import Exchange
@@ -68,7 +69,7 @@ IDLE_POLL_MS = IDLE_NS // 1_000_000
 # The wait once the pod is idle: the ring stayed empty for IDLE_POLL_MS and nothing is under way
 # (no response to end, no exited process or orphan exchange to settle). The first response to
 # begin wakes the reader (Probes.poll's idle_ms), so its exchange still ends within a second.
-# Also the longest a stop then waits, as with BEYLA_POLL_INTERVAL_MS's maximum.
+# A SIGTERM ends it at once (StopSignal's wakeup pipe is in the ring's epoll).
 ASLEEP_MS = 1000
 # Records handled per ring read. Between two reads the loop's syscalls let the span export
 # thread take the GIL: a drain's backlog handled in one go would reach the span queue
@@ -420,6 +421,8 @@ class Pipeline:
                         propagation=self.cfg.context_propagation, cgroup2_mount=self.cfg.cgroup2_mount) as probes:
                 # servers that were listening before the probes attached (our namespace is the pod's)
                 probes.add_listen_ports(os.stat("/proc/self/ns/net").st_ino, namespace_listening_ports())
+                if isinstance(stop, StopSignal):
+                    probes.wake_on(stop.fileno())  # a SIGTERM ends the ring's wait at once
                 if probes.uprobe_error:
                     log.error("HTTPS through OpenSSL will not be traced", reason=probes.uprobe_error)
                 self.discovery.start(probes)
@@ -464,6 +467,7 @@ class Pipeline:
                     if now >= next_housekeeping:
                         self.housekeeping()
                         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+                log.info("stopping")
                 probes.consume(self.on_record)
                 last = probes.idle_exchanges(0, time.monotonic_ns())  # every exchange still open
                 self.tracker.sweep(last.records, finished_only=False)

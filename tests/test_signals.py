@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,21 @@ def test_sigterm_exits_within_the_shutdown_deadline_and_reports_what_it_abandone
     # server and client side of each request, all queued; the one metric export due at shutdown
     assert (final["spans_abandoned"], final["metric_exports_abandoned"]) == ({"otlp": 20}, 1)
     assert SHUTDOWN_TIMEOUT_MS / 1000 <= elapsed < SHUTDOWN_TIMEOUT_MS / 1000 + MARGIN
+
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("delay", [0.25, 0.5, 0.75])
+def test_sigterm_ends_the_idle_wait_of_the_ring_at_once(pod: Pod, delay: float) -> None:
+    """An idle pod's loop waits a second at a time for the ring; a SIGTERM ends that wait at once
+    (the signal's wakeup pipe is in the ring's epoll) wherever in the wait it lands, where Python
+    would go back to waiting after the handler ran."""
+    sidecar = Sidecar(pod, {"BEYLA_TRACE_PRINTER": "disabled"})
+    time.sleep(2 + delay)  # nothing in the pod: the loop is in its 1 s waits
+    sent = time.time()
+    assert sidecar.stop() == 0
+    logs = [json.loads(line) for line in sidecar.err.read_text().splitlines() if line.startswith("{")]
+    [stopping] = [entry for entry in logs if entry["event"] == "stopping"]
+    latency = datetime.fromisoformat(stopping["timestamp"]).timestamp() - sent
+    print(f"SIGTERM {delay} s into the idle: the loop stopped {latency * 1000:.0f} ms later")
+    assert latency < 0.2

@@ -407,6 +407,10 @@ class Probes:
         as consumed)."""
         return self._drain(callback, timeout_ms, limit, idle_ms)
 
+    def wake_on(self, fd: int) -> None:
+        """poll()'s waits also end when fd turns readable (RingReader.watch): a stop signal's."""
+        self._reader().watch(fd)
+
     def ring_backlog(self) -> float:
         """The share of the ring buffer holding records not read yet (RingReader.backlog)."""
         return self._reader().backlog()

@@ -30,6 +30,7 @@ or store, never torn (struct's "<Q" would assemble the value byte by byte).
 from __future__ import annotations
 
 import mmap
+import os
 import select
 from collections.abc import Callable
 
@@ -60,16 +61,28 @@ class RingReader:
             self._producer = whole[:8].cast("Q")
             self._data = whole[page:]
         self._headers = self._data.cast("I")
-        self._epoll = select.epoll(1)
+        self._map_fd = map_fd
+        self._epoll = select.epoll(2)
         self._epoll.register(map_fd, select.EPOLLIN)
 
+    def watch(self, fd: int) -> None:
+        """End waits also when `fd` (non-blocking, e.g. signal.set_wakeup_fd's pipe) turns
+        readable; its bytes are read and dropped, and the caller looks at why it woke."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     def wait(self, timeout_ms: int) -> bool:
-        """Block until the map fd is readable or timeout_ms passed; True when readable.
-        Level-triggered epoll, as libbpf's ring_buffer__poll: it returns at once when the
-        previous wait returned True and the ring is not empty, else only when a producer wakes
-        the reader (a submit without BPF_RB_NO_WAKEUP that finds the reader caught up, or
+        """Block until the map fd (or the watched fd) is readable or timeout_ms passed; True when
+        the map fd is. Level-triggered epoll, as libbpf's ring_buffer__poll: it returns at once
+        when the previous wait returned True and the ring is not empty, else only when a producer
+        wakes the reader (a submit without BPF_RB_NO_WAKEUP that finds the reader caught up, or
         BPF_RB_FORCE_WAKEUP)."""
-        return bool(self._epoll.poll(timeout_ms / 1000))
+        ready = False
+        for fd, _ in self._epoll.poll(timeout_ms / 1000):
+            if fd == self._map_fd:
+                ready = True
+            else:
+                _empty(fd)
+        return ready
 
     def backlog(self) -> float:
         """The share of the ring the producers filled and the reader has not consumed yet."""
@@ -123,6 +136,14 @@ class RingReader:
             view.release()
         self._producer_map.close()
         self._consumer_map.close()
+
+
+def _empty(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 __all__ = ["BUSY_BIT", "DISCARD_BIT", "HEADER_SIZE", "RecordHandler", "RingReader"]

@@ -235,6 +235,31 @@ def test_wait_returns_on_a_forced_wakeup_and_not_before(ring_program: RingFactor
 
 
 @pytest.mark.bpf
+def test_a_watched_fd_ends_the_wait_and_is_emptied(ring_program: RingFactory) -> None:
+    """A stop signal's wakeup pipe: a byte in it ends a long wait at once, without a record, and
+    is read; the next wait then lasts its timeout again."""
+    program = ring_program()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    try:
+        program.reader.watch(read_end)
+        writer = threading.Timer(0.1, os.write, (write_end, b"\x0f\x0f"))
+        start = time.monotonic()
+        writer.start()
+        ready = program.reader.wait(10000)
+        elapsed = time.monotonic() - start
+        writer.join()
+        assert not ready and 0.09 <= elapsed < 2
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+        start = time.monotonic()
+        assert not program.reader.wait(300)
+        assert time.monotonic() - start >= 0.29
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.bpf
 def test_past_the_threshold_the_reader_is_woken_once_per_step_not_per_record(ring_program: RingFactory) -> None:
     """The probes' wakeup policy (probes/ringwake.h), with a reader that does not read: no wakeup
     until `threshold` bytes are unread, then exactly one for each multiple of `step` the records
