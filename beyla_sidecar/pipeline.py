@@ -50,10 +50,10 @@ HOUSEKEEPING_SECONDS = 5.0
 # answer of a keep-alive connection would otherwise wait for the next request).
 IDLE_NS = 500_000_000
 # A sweep walks the kernel's connection table (~200 µs of cold buckets) only once a response
-# can have been quiet for IDLE_NS: at the time the last walk found for the earliest one under way
-# (IdleScan.quiet_at_ns), where the loop's wait ends; IDLE_NS after that walk if a response has
-# begun since (Probes.responses_begun); and at least every FULL_SWEEP_NS, for a flag the kernel
-# tested in the instant user space cleared it. Walks are WALK_GAP_NS apart at least, and one that
+# can have been quiet for IDLE_NS: when the earliest response the last walk found under way can
+# have been (IdleScan.quiet_at_ns; the loop's wait ends then), IDLE_NS after that walk if a
+# response has begun since (Probes.responses_begun), and at least every FULL_SWEEP_NS, for a flag
+# the kernel tested in the instant user space cleared it. Walks are WALK_GAP_NS apart at least, and one that
 # found what it could not end yet (a connection not announced, an entry read torn, a response
 # short of its declared length) looks again LOOK_AGAIN_NS later. A span is out about IDLE_NS after
 # its last byte, and a busy sidecar walks, and so drains, about twice a second: each drain costs
