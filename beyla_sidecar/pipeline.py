@@ -53,12 +53,14 @@ IDLE_NS = 500_000_000
 # can have been quiet for IDLE_NS: when the earliest response the last walk found under way can
 # have been (IdleScan.quiet_at_ns; the loop's wait ends then), IDLE_NS after that walk if a
 # response has begun since (Probes.responses_begun), and at least every FULL_SWEEP_NS, for a flag
-# the kernel tested in the instant user space cleared it. Walks are WALK_GAP_NS apart at least, and one that
-# found what it could not end yet (a connection not announced, an entry read torn, a response
-# short of its declared length) looks again LOOK_AGAIN_NS later. A span is out about IDLE_NS after
-# its last byte, and a busy sidecar walks, and so drains, about twice a second: each drain costs
-# 0.3-0.6 ms of cold caches whatever it finds.
+# the kernel tested in the instant user space cleared it. Walks are WALK_GAP_NS apart at least,
+# and more when they take long (hundreds of idle connections): at most 1/WALK_SHARE of the time. One
+# that found what it could not end yet (a connection not announced, an entry read torn, a
+# response short of its declared length) looks again LOOK_AGAIN_NS later. A span is out about
+# IDLE_NS after its last byte, and a busy sidecar walks, and so drains, about twice a second:
+# each drain costs 0.3-0.6 ms of cold caches whatever it finds.
 WALK_GAP_NS = 100_000_000
+WALK_SHARE = 50
 LOOK_AGAIN_NS = 250_000_000
 FULL_SWEEP_NS = 5_000_000_000
 NEVER = 1 << 63
@@ -165,6 +167,7 @@ class Pipeline:
         self._exited: list[tuple[float, int, int]] = []  # (when to forget, pid, host pid)
         self._last_walk_ns = 0  # Probes.idle_exchanges(), by _sweep()
         self._quiet_at_ns = NEVER  # when the next walk can find an exchange to end
+        self._walk_gap_ns = WALK_GAP_NS  # the least time from one walk to the next
         self.target_ns = target_pid_namespace(cfg.pid_namespace)
         # In our own namespace the events' ns_pid is what our /proc shows and what
         # identifies our own process; elsewhere only the host pid is meaningful here.
@@ -377,8 +380,8 @@ class Pipeline:
     def _walk_at(self, probes: Probes) -> int:
         """When the next walk of the kernel's connections is due (monotonic ns)."""
         last = self._last_walk_ns
-        due = max(self._quiet_at_ns, last + WALK_GAP_NS)
-        return min(due, last + (IDLE_NS if probes.responses_begun() else FULL_SWEEP_NS))
+        due = min(self._quiet_at_ns, last + (IDLE_NS if probes.responses_begun() else FULL_SWEEP_NS))
+        return max(due, last + self._walk_gap_ns)
 
     def _wait_ms(self, probes: Probes, wait_ms: int) -> int:
         """The ring wait, cut short where the next walk is due."""
@@ -396,6 +399,7 @@ class Pipeline:
             if quiet_at <= now_ns or not all(map(self.tracker.swept, scan.records)):
                 quiet_at = now_ns + LOOK_AGAIN_NS
             self._quiet_at_ns = quiet_at
+            self._walk_gap_ns = max(WALK_GAP_NS, (time.monotonic_ns() - now_ns) * WALK_SHARE)
         self.tracker.expire(now_ns)
 
     def _settled(self) -> bool:
