@@ -393,8 +393,8 @@ class Pipeline:
         if now_ns >= self._walk_at(probes):
             self._last_walk_ns = now_ns
             scan = probes.idle_exchanges(IDLE_NS, now_ns)
-            for rec in self.tracker.sweep(scan.records):
-                probes.mark_swept(rec)  # the kernel does not send it again (a full ring would count it lost)
+            # the kernel does not send them again (a full ring would count them lost)
+            probes.mark_swept(self.tracker.sweep(scan.records))
             quiet_at = NEVER if scan.quiet_at_ns is None else scan.quiet_at_ns
             if quiet_at <= now_ns or not all(map(self.tracker.swept, scan.records)):
                 quiet_at = now_ns + LOOK_AGAIN_NS

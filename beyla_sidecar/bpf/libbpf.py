@@ -137,6 +137,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_delete_elem": (c_int, [c_int, c_char_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_lookup_batch": (c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p]),
+    "bpf_map_update_batch": (c_int, [c_int, c_char_p, c_char_p, POINTER(c_uint32), c_void_p]),
     "bpf_map_lookup_and_delete_batch": (c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p,
                                                 POINTER(c_uint32), c_void_p]),
     "bpf_prog_load": (c_int, [c_uint, c_char_p, c_char_p, c_char_p, c_size_t, POINTER(_ProgLoadOpts)]),
@@ -393,6 +394,19 @@ class Map:
         self._check_size("value", value, self.value_size)
         ret = lib().bpf_map_update_elem(self.fd, key, value, flags)
         _check_int(ret, f"update {self.name}")
+
+    def update_batch(self, keys: bytes, values: bytes) -> None:
+        """Write many entries in one bpf() call (Linux 5.6+): `keys` and `values` are the entries'
+        keys and values back to back, in the same order."""
+        count = len(keys) // self.key_size
+        if len(keys) != count * self.key_size or len(values) != count * self.value_size:
+            raise BpfError(f"map {self.name}: {len(keys)} key bytes and {len(values)} value bytes are not "
+                           f"whole entries of {self.key_size} and {self.value_size}", errno_mod.EINVAL)
+        if not count:
+            return
+        done = c_uint32(count)
+        _check_int(lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(done), None),
+                   f"update_batch {self.name} ({done.value} of {count} written)")
 
     def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
         """Value bytes, or None when absent. Per-CPU maps need value_size for all CPUs."""

@@ -13,7 +13,7 @@ import errno
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
@@ -501,11 +501,12 @@ class Probes:
                 out.append(rec)
         return IdleScan(out, quiet_at)
 
-    def mark_swept(self, rec: ExchangeRecord) -> None:
-        """The caller ended this exchange from idle_exchanges(): the kernel will not send it (an
-        exchange ended meanwhile was sent already; the caller drops that copy)."""
+    def mark_swept(self, records: Sequence[ExchangeRecord]) -> None:
+        """The caller ended these exchanges from idle_exchanges(): the kernel will not send them
+        (one ended meanwhile was sent already; the caller drops that copy). One bpf() call."""
         self._object()
-        self._swept.update(_U64.pack(rec.sock_id), _U64.pack(rec.req_start_ns))
+        self._swept.update_batch(b"".join([_U64.pack(rec.sock_id) for rec in records]),
+                                 b"".join([_U64.pack(rec.req_start_ns) for rec in records]))
 
     def counters(self) -> dict[str, int]:
         """Kernel-side loss counters summed over CPUs (names: COUNTER_NAMES), and with propagation

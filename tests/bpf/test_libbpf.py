@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from beyla_sidecar.bpf.libbpf import BpfError
 from beyla_sidecar.bpf.loader import Probes
 
 pytestmark = pytest.mark.bpf  # loads the probes
@@ -33,3 +34,18 @@ def test_lookup_and_delete_batch_takes_every_entry(probes: Probes) -> None:
     taken = list(conns.lookup_and_delete_batch(conns.value_size, batch=128))
     assert len(taken) == len(entries) and dict(taken) == entries
     assert list(conns.keys()) == []
+
+
+def test_update_batch_writes_every_entry_in_one_call(probes: Probes) -> None:
+    swept = probes._swept
+    entries = {(i + 1).to_bytes(8, "little"): (1000 + i).to_bytes(8, "little") for i in range(300)}
+    swept.update_batch(b"".join(entries), b"".join(entries.values()))
+    try:
+        assert {key: swept.lookup(key) for key in entries} == entries
+        swept.update_batch(b"", b"")  # nothing to write: no call
+        with pytest.raises(BpfError, match="not whole entries"):
+            swept.update_batch(b"\0" * 12, b"\0" * 8)
+    finally:
+        for key in entries:
+            swept.delete(key)
+    assert not any(swept.lookup(key) for key in entries)
