@@ -78,7 +78,6 @@ def test_sigterm_exits_within_the_shutdown_deadline_and_reports_what_it_abandone
     assert SHUTDOWN_TIMEOUT_MS / 1000 <= elapsed < SHUTDOWN_TIMEOUT_MS / 1000 + MARGIN
 
 
-
 @pytest.mark.bpf
 @pytest.mark.parametrize("delay", [0.25, 0.5, 0.75])
 def test_sigterm_ends_the_idle_wait_of_the_ring_at_once(pod: Pod, delay: float) -> None:
