@@ -87,6 +87,7 @@ SPAN_ROOM_RING_BACKLOG = 0.5
 # at the latest this much later.
 EXIT_GRACE_SECONDS = 1.0
 KERNEL_COUNTERS_SECONDS = 1.0  # how fresh the scraped kernel loss counters are
+EXPIRE_SECONDS = 0.25  # how often children that waited out their parent (PARENT_WAIT_NS) go out
 SWITCH_INTERVAL_SECONDS = 0.001
 IGNORE_MODES = {"all": Drop.ALL, "metrics": Drop.METRICS, "traces": Drop.TRACES}
 
@@ -400,7 +401,6 @@ class Pipeline:
                 quiet_at = now_ns + LOOK_AGAIN_NS
             self._quiet_at_ns = quiet_at
             self._walk_gap_ns = max(WALK_GAP_NS, (time.monotonic_ns() - now_ns) * WALK_SHARE)
-        self.tracker.expire(now_ns)
 
     def _settled(self) -> bool:
         """Nothing under way that a timer of the loop has to finish."""
@@ -448,7 +448,7 @@ class Pipeline:
                 sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
                 timeout_ms = max(1, int(self.cfg.poll_interval * 1000))
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-                next_counters = 0.0
+                next_counters = next_expire = 0.0
                 wait_ms = timeout_ms
                 got = 0
                 while not stop.is_set():
@@ -465,6 +465,9 @@ class Pipeline:
                     if self._exited:
                         self._forget_exited(now)
                     self._sweep(probes)
+                    if now >= next_expire:
+                        self.tracker.expire(time.monotonic_ns())
+                        next_expire = now + EXPIRE_SECONDS
                     if now >= next_counters:
                         self.stats.kernel_counters = probes.counters()
                         next_counters = now + KERNEL_COUNTERS_SECONDS
